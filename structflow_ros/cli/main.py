@@ -1,0 +1,51 @@
+"""The one `structflow` command; each subcommand module has `get_args_parser()` and `main(args)`.
+
+Subcommands are imported lazily so that `structflow render --help` does not pay for torch or
+rclpy imports it does not need.
+"""
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules live in structflow_ros.cli unless dotted.
+SUBCOMMANDS = {
+    'render': ('render', 'render the synthetic driving world (RGB, depth, flow, poses)'),
+    'bench': ('bench', 'benchmarks that print a table (model, node, renderer)'),
+    'pretrain': ('pretrain', 'flow pretraining on uncalibrated video/folders/bags'),
+    'finetune': ('finetune', 'depth finetuning of a (pretrained) structure encoder'),
+    'evaluate': ('evaluate', 'Eigen depth metrics and flow EPE on data with ground truth'),
+    'demo': ('demo', 'run the node on a synthetic drive or a video and write a report'),
+    'node': ('structflow_ros.ros.depth_node', 'run the ROS 2 depth node (same as depth_node)'),
+}
+
+
+def _load(name):
+    module_name, _ = SUBCOMMANDS[name]
+    if '.' not in module_name:
+        module_name = f'structflow_ros.cli.{module_name}'
+    return importlib.import_module(module_name)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        lines = [f'  {name:<10} {help_}' for name, (_, help_) in SUBCOMMANDS.items()]
+        print('usage: structflow <command> [options]\n\ncommands:\n' + '\n'.join(lines))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"structflow: unknown command '{name}'; choose from: {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module = _load(name)
+    if name == 'node':
+        return module.main(['structflow_node'] + rest)
+    parser = module.get_args_parser()
+    parser.prog = f'structflow {name}'
+    args = parser.parse_args(rest)
+    result = module.main(args)
+    return int(result or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
