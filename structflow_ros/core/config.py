@@ -1,0 +1,55 @@
+"""Model configuration: one dataclass that a checkpoint stores and rebuilds the model from."""
+from dataclasses import asdict, dataclass, fields
+
+ENCODERS = ('resnet18', 'resnet50')
+# The ResNet stem and four stages halve the resolution five times.
+SIZE_MULTIPLE = 32
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the Y-shaped network (structure encoder + depth and flow branches)."""
+
+    encoder: str = 'resnet18'
+    # Network input size. The paper used 640x192 (ResNet-18); 320x96 fits a 2-core CPU at
+    # camera rate. Any size works at inference (padded to a multiple of 32, cropped back).
+    height: int = 96
+    width: int = 320
+    # Width of the motion bottleneck. Narrow on purpose: it forces scene structure into the
+    # structure encoder's skip features instead of the motion path (Wang et al., ICRA 2020).
+    motion_dim: int = 128
+    num_scales: int = 4
+    # Disparity range of the depth decoder's sigmoid, in the model's (relative) depth units.
+    min_depth: float = 0.1
+    max_depth: float = 100.0
+    # Keep the flow branch (motion encoder + flow decoder) beside the depth decoder. Needed for
+    # online adaptation; False reproduces the paper's encoder-only finetuning.
+    flow_branch: bool = True
+    # Pose network for monodepth2-style self-supervised depth with known intrinsics.
+    pose_branch: bool = True
+
+    def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder '{self.encoder}'; choose from {', '.join(ENCODERS)}")
+        for name in ('height', 'width'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < SIZE_MULTIPLE:
+                raise ValueError(f'{name} must be an integer >= {SIZE_MULTIPLE}, got {value!r}')
+        if not 1 <= self.num_scales <= 4:
+            raise ValueError(f'num_scales must be in 1..4, got {self.num_scales}')
+        if self.motion_dim < 1:
+            raise ValueError(f'motion_dim must be positive, got {self.motion_dim}')
+        if not 0 < self.min_depth < self.max_depth:
+            raise ValueError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Rebuild from a checkpoint's dict; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f'unknown ModelConfig keys {unknown}; known keys: {sorted(known)}')
+        return cls(**values)

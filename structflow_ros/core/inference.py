@@ -1,0 +1,97 @@
+"""Serving-side helpers: arbitrary input sizes and a depth predictor owned by one thread."""
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from structflow_ros.core.config import SIZE_MULTIPLE
+from structflow_ros.core.networks import disp_to_depth
+
+
+def pad_to_multiple(image, multiple=SIZE_MULTIPLE):
+    """Pad (B, C, H, W) on the bottom/right by edge replication to a multiple of `multiple`.
+
+    Returns (padded, (H, W)); `crop_to` undoes it. Replication keeps the borders free of the
+    artificial edges that zero padding would create for the photometric and depth outputs.
+    """
+    height, width = image.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image, (height, width)
+    return F.pad(image, (0, pad_w, 0, pad_h), mode='replicate'), (height, width)
+
+
+def crop_to(tensor, size):
+    height, width = size
+    return tensor[..., :height, :width]
+
+
+def resolve_device(name='auto'):
+    """'auto' picks CUDA when present; 'cpu', 'cuda' and 'cuda:N' are taken as given."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name == 'cpu':
+        return torch.device('cpu')
+    if name == 'cuda' or (name.startswith('cuda:') and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' asked for, but CUDA is not available here; "
+                             "use 'auto' or 'cpu'")
+        index = int(name[5:]) if ':' in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device '{name}' does not exist: {torch.cuda.device_count()} "
+                             'CUDA device(s) present')
+        return torch.device(name)
+    raise ValueError(f"unknown device '{name}'; choose from auto, cpu, cuda, cuda:N")
+
+
+class DepthPredictor:
+    """Runs the depth branch on single RGB frames; one instance per serving thread.
+
+    `input_size` (H, W) is the size frames are resized to before the network (default: the
+    size the model was trained at); outputs are resized to `output_size` (default: input_size).
+    Depth is relative (the model's units) unless the caller scales it.
+    """
+
+    def __init__(self, model, device='cpu', input_size=None, output_size=None):
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        self.model = model.to(self.device).eval()
+        config = model.config
+        self.input_size = tuple(input_size or (config.height, config.width))
+        self.output_size = tuple(output_size) if output_size else None
+        self.min_depth, self.max_depth = config.min_depth, config.max_depth
+        # Guards against a caller swapping weights while a frame is being computed.
+        self._lock = threading.Lock()
+
+    def preprocess(self, rgb):
+        """(H, W, 3) uint8 RGB numpy -> (1, 3, h, w) float [0, 1] tensor at the network size."""
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+            shape = getattr(rgb, 'shape', None)
+            raise ValueError(f'expected an RGB image of shape (H, W, 3), got {shape}')
+        if rgb.dtype != np.uint8:
+            raise ValueError(f'expected uint8 RGB, got {rgb.dtype}')
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        tensor = tensor.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W)
+        if tuple(tensor.shape[-2:]) != self.input_size:
+            tensor = F.interpolate(tensor, size=self.input_size, mode='bilinear',
+                                   align_corners=False, antialias=True)
+        return tensor
+
+    @torch.inference_mode()
+    def predict(self, rgb):
+        """Relative depth (h, w) float32 numpy for one RGB uint8 frame."""
+        image = self.preprocess(rgb)
+        with self._lock:
+            padded, size = pad_to_multiple(image)
+            disp = crop_to(self.model(padded)['disp'][0], size)  # (1, 1, h, w)
+        _, depth = disp_to_depth(disp, self.min_depth, self.max_depth)
+        out_size = self.output_size or (rgb.shape[0], rgb.shape[1])
+        if tuple(depth.shape[-2:]) != tuple(out_size):
+            depth = F.interpolate(depth, size=out_size, mode='bilinear', align_corners=False)
+        return depth[0, 0].float().cpu().numpy()
+
+    def swap_model(self, model):
+        """Replace the served model between two frames (the old module is never mutated)."""
+        model = model.to(self.device).eval()
+        with self._lock:
+            self.model = model

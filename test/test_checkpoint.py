@@ -1,0 +1,107 @@
+"""Checkpoints: bit-exact round trip, strict loading, safe loading, atomic writes."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from structflow_ros.core import CheckpointError, ModelConfig, build_model, load_model
+from structflow_ros.core.checkpoint import (atomic_torch_save, load_state_strict,
+                                            read_checkpoint, save_checkpoint)
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(1)
+    net = build_model(ModelConfig(height=64, width=64))
+    # Make BatchNorm running statistics non-default so they are checked too.
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 64, 64))
+    return net.eval()
+
+
+def test_round_trip_is_bit_exact_and_self_describing(model, tmp_path):
+    path = save_checkpoint(tmp_path / 'a.pt', model, step=42, version=3, stage='pretrain',
+                           trained_on=['synthetic:day'], metrics={'epe': 1.5})
+    loaded, meta = load_model(path)
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert torch.equal(original[key], restored[key]), key
+    assert meta['step'] == 42 and meta['version'] == 3 and meta['stage'] == 'pretrain'
+    assert meta['input_size'] == [64, 64] and meta['trained_on'] == ['synthetic:day']
+    assert meta['model_config'] == model.config
+    assert not loaded.training
+
+
+def test_half_precision_subset_loads_without_pose_net(model, tmp_path):
+    modules = ['structure_encoder', 'depth_decoder', 'motion_encoder', 'flow_decoder']
+    path = save_checkpoint(tmp_path / 'h.pt', model, modules=modules, half=True)
+    loaded, meta = load_model(path)
+    assert loaded.module_names() == modules and meta['weights_dtype'] == 'float16'
+    weight = loaded.structure_encoder.conv1.weight
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight, model.structure_encoder.conv1.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_missing_truncated_and_empty_files_are_refused(model, tmp_path):
+    with pytest.raises(CheckpointError, match='not found'):
+        read_checkpoint(tmp_path / 'nope.pt')
+    good = save_checkpoint(tmp_path / 'good.pt', model)
+    data = good.read_bytes()
+    (tmp_path / 'trunc.pt').write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match='truncated'):
+        read_checkpoint(tmp_path / 'trunc.pt')
+    (tmp_path / 'empty.pt').write_bytes(b'')
+    with pytest.raises(CheckpointError, match='empty'):
+        read_checkpoint(tmp_path / 'empty.pt')
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ('touch /tmp/structflow_pwned',))
+
+
+def test_pickle_with_code_is_refused_and_not_executed(tmp_path):
+    path = tmp_path / 'evil.pt'
+    torch.save({'format': 'structflow-checkpoint', 'payload': _RunsCode()}, path)
+    marker = '/tmp/structflow_pwned'
+    if os.path.exists(marker):
+        os.unlink(marker)
+    with pytest.raises(CheckpointError, match='pickled objects or code'):
+        read_checkpoint(path)
+    assert not os.path.exists(marker)
+
+
+def test_foreign_files_are_refused(tmp_path):
+    torch.save({'state_dict': {'w': torch.ones(1)}}, tmp_path / 'foreign.pt')
+    with pytest.raises(CheckpointError, match='not a structflow checkpoint'):
+        read_checkpoint(tmp_path / 'foreign.pt')
+    with open(tmp_path / 'plain.pkl', 'wb') as handle:
+        pickle.dump({'a': 1}, handle)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(tmp_path / 'plain.pkl')
+
+
+def test_mismatched_architecture_names_the_problem(model, tmp_path):
+    path = save_checkpoint(tmp_path / 'r18.pt', model)
+    payload = read_checkpoint(path)
+    other = build_model(ModelConfig(encoder='resnet50', height=64, width=64))
+    with pytest.raises(CheckpointError, match="'structure_encoder'.*missing"):
+        load_state_strict(other, payload['state_dict'], ['structure_encoder'])
+    state = dict(payload['state_dict'])
+    state.pop('depth_decoder.heads.0.1.bias')
+    with pytest.raises(CheckpointError, match='depth_decoder'):
+        load_state_strict(build_model(ModelConfig(height=64, width=64)), state)
+
+
+def test_failed_write_keeps_the_old_file(model, tmp_path):
+    path = save_checkpoint(tmp_path / 'keep.pt', model, step=1)
+
+    class Unsaveable:
+        pass
+    with pytest.raises(Exception):
+        atomic_torch_save({'x': Unsaveable(), 'y': lambda: 0}, path)
+    assert read_checkpoint(path)['step'] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ['keep.pt']
