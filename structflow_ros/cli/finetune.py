@@ -1,0 +1,145 @@
+"""Depth finetuning of a (flow-pretrained) structure encoder with a depth decoder.
+
+By default the network is Y-shaped, as in test-time training (Sun et al., ICML 2020): the
+structure encoder trains jointly on the depth loss and the flow loss, with the motion encoder and
+flow decoder continuing from pretraining, so that flow-only updates on the robot later move the
+encoder in a direction the depth decoder still understands. `--paper-variant` drops the flow
+branch (encoder-only finetuning, as Wang et al. 2020 did).
+
+  structflow finetune --init runs/pretrain/last.pt --data synthetic:day:200 synthetic:dusk:200 \
+      --supervised --labels 50 --steps 3000 --out runs/finetune
+  structflow finetune --scratch ...             # same budget from random weights
+  torchrun --nproc_per_node 2 -m structflow_ros.cli finetune ...   # DDP
+
+Depth losses: --supervised (scale-invariant loss on ground-truth depth, dense or sparse),
+--self-supervised (monodepth2 reprojection with known intrinsics and the pose network), or both.
+"""
+import argparse
+
+import torch
+
+from structflow_ros.core.checkpoint import CheckpointError, load_state_strict, read_checkpoint
+from structflow_ros.core.networks import build_model
+from structflow_ros.core.training import TrainStepConfig
+from structflow_ros.training import cli_common, datasets
+from structflow_ros.training.trainer import RunSpec, Trainer, TrainingStopped
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split('\n', 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', nargs='+', required=True,
+                        help='synthetic:DOMAIN[:FRAMES[:SEED]] sequences with ground truth')
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument('--init', help='checkpoint to start from (pretrain or finetune)')
+    start.add_argument('--scratch', action='store_true', help='random initial weights')
+    parser.add_argument('--supervised', action='store_true', help='ground-truth depth loss')
+    parser.add_argument('--self-supervised', action='store_true',
+                        help='reprojection loss with known intrinsics + pose network')
+    parser.add_argument('--labels', type=int, default=None,
+                        help='labelled frames per sequence for --supervised (default: all)')
+    parser.add_argument('--flow-weight', type=float, default=1.0,
+                        help='weight of the joint flow loss on the shared encoder')
+    parser.add_argument('--paper-variant', action='store_true',
+                        help='drop the flow branch: encoder-only finetuning (Wang et al.)')
+    parser.add_argument('--freeze-encoder', action='store_true',
+                        help='train only the decoders (linear-probe style check)')
+    parser.add_argument('--eval', nargs='*', default=[],
+                        help='held-out synthetic specs for depth metrics and gradient cosine')
+    cli_common.add_model_args(parser)
+    cli_common.add_loop_args(parser, steps=3000, out='runs/finetune')
+    return parser
+
+
+def init_from_checkpoint(model, path):
+    """Load every module that the file and the model share; the encoder is required."""
+    payload = read_checkpoint(path)
+    if payload['model_config'].encoder != model.config.encoder:
+        raise CheckpointError(f"{path} holds a {payload['model_config'].encoder} encoder, this "
+                              f'run builds {model.config.encoder} (--encoder)')
+    stored = set(payload.get('modules') or [])
+    shared = [m for m in model.module_names() if m in stored]
+    if 'structure_encoder' not in shared:
+        raise CheckpointError(f'{path} has no structure_encoder weights (it has {sorted(stored)})')
+    load_state_strict(model, payload['state_dict'], shared, source=f'checkpoint {path}')
+    return shared
+
+
+def main(args):
+    from structflow_ros.core.training import grad_cosine_similarity
+    from structflow_ros.training.evaluation import evaluate_depth
+    try:
+        if not (args.supervised or args.self_supervised):
+            raise ValueError('choose a depth loss: --supervised, --self-supervised or both')
+        if args.labels is not None and args.labels < 1:
+            raise ValueError(f'--labels must be >= 1, got {args.labels}')
+        joint_flow = not args.paper_variant and args.flow_weight > 0
+        loop = cli_common.loop_config_from_args(args)
+        config = cli_common.model_config_from_args(
+            args, flow_branch=not args.paper_variant, pose_branch=args.self_supervised)
+        for spec in args.data + args.eval:
+            if not spec.startswith(datasets.SYNTHETIC_PREFIX):
+                raise ValueError(f"finetune data '{spec}' must be synthetic:DOMAIN[:FRAMES[:SEED]]"
+                                 ' (ground-truth depth and intrinsics are needed)')
+        sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s), config.height,
+                                               config.width) for s in args.data]
+        eval_sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s),
+                                                    config.height, config.width)
+                          for s in args.eval]
+        dataset = datasets.DepthPairDataset(sequences, args.labels if args.supervised else 0,
+                                            seed=args.seed)
+        torch.manual_seed(args.seed)  # every rank builds the same initial weights
+        model = build_model(config)
+        loaded = init_from_checkpoint(model, args.init) if args.init else []
+        trainable = ['depth_decoder']
+        if not args.freeze_encoder:
+            trainable.append('structure_encoder')
+        if joint_flow:
+            trainable += ['motion_encoder', 'flow_decoder']
+        if args.self_supervised:
+            trainable.append('pose_net')
+        step_config = TrainStepConfig(
+            flow_weight=args.flow_weight if joint_flow else 0.0,
+            depth_supervised_weight=1.0 if args.supervised else 0.0,
+            depth_selfsup_weight=1.0 if args.self_supervised else 0.0)
+    except (ValueError, OSError) as error:
+        return cli_common.fail('finetune', error)
+
+    eval_frames = [{'rgb': f.rgb, 'depth': f.depth, 'valid': f.depth_valid,
+                    'name': f'{spec}/{f.index}'}
+                   for spec, seq in zip(args.eval, eval_sequences) for f in seq]
+    eval_batch = None
+    if eval_sequences:
+        eval_batch = datasets.depth_collate(
+            [datasets.DepthPairDataset([seq], None, flip=False)._sample(seq[i], seq[i + 1], True,
+                                                                        None)
+             for seq in eval_sequences for i in range(0, len(seq) - 1,
+                                                      max(1, (len(seq) - 1) // 4))][:8])
+
+    def evaluate(net):
+        if not eval_frames:
+            return {}
+        device = next(net.parameters()).device
+        result = evaluate_depth(net, eval_frames, device=device)
+        metrics = {f'depth_{k}': v for k, v in result['model'].items()
+                   if isinstance(v, float)}
+        metrics.update({f'floor_{k}': result['floor'][k] for k in ('abs_rel', 'rmse', 'a1')})
+        if net.config.flow_branch:
+            batch = {k: v.to(device) for k, v in eval_batch.items()}
+            metrics['grad_cosine_depth_flow'] = grad_cosine_similarity(net, batch)
+        return metrics
+
+    run = RunSpec(stage='finetune', trained_on=[str(d) for d in args.data],
+                  trainable_modules=tuple(trainable),
+                  extra={'init': args.init or 'scratch', 'loaded_modules': loaded,
+                         'labels_per_sequence': args.labels, 'joint_flow': joint_flow})
+    trainer = Trainer(model, lambda rank, world: datasets.depth_batches(
+        dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
+    try:
+        summary = trainer.run()
+    except TrainingStopped as error:
+        return cli_common.fail('finetune', error)
+    finally:
+        trainer.close()
+    return cli_common.finish(summary if trainer.dist.is_main else None, 'finetune')

@@ -1,0 +1,224 @@
+"""The offline training loop shared by `structflow pretrain` and `structflow finetune`.
+
+It owns what is not the step itself: devices and DDP, freezing, the optimizer and its schedule,
+resumable checkpoints, divergence handling, logging and the JSON summary. The step is
+`structflow_ros.core.training.train_step`, the same one online adaptation calls.
+"""
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from structflow_ros.core.checkpoint import (CheckpointError, load_state_strict, read_checkpoint,
+                                            save_checkpoint)
+from structflow_ros.core.inference import resolve_device
+from structflow_ros.core.training import train_step
+from structflow_ros.training import distributed
+
+LAST_CHECKPOINT = 'last.pt'
+
+
+class TrainingStopped(RuntimeError):
+    """Training gave up (e.g. persistent non-finite losses); the last good checkpoint is kept."""
+
+
+@dataclass
+class LoopConfig:
+    """How long and how to train; stored in every checkpoint so a run describes itself."""
+
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 1e-4
+    # Divide the learning rate by 10 for the last part of training (monodepth2's schedule).
+    lr_drop_fraction: float = 0.75
+    checkpoint_every: int = 250
+    log_every: int = 25
+    eval_every: int = 0
+    seed: int = 0
+    device: str = 'auto'
+    # 0 keeps torch's default thread count.
+    threads: int = 0
+    # Consecutive skipped (non-finite) steps tolerated before training stops.
+    max_bad_steps: int = 10
+    out_dir: str = 'runs/train'
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class RunSpec:
+    """What this run trains and on what, for checkpoints and the summary."""
+
+    stage: str
+    trained_on: list = field(default_factory=list)
+    trainable_modules: tuple = ()
+    extra: dict = field(default_factory=dict)
+
+
+def _to_device(batch, device):
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()}
+
+
+def _plain(values):
+    """JSON-safe copy (dtypes, paths -> str) so checkpoints load with weights_only=True."""
+    return json.loads(json.dumps(values, default=str))
+
+
+def _atomic_write_json(path, payload):
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs `train_step` for `loop.steps` steps on batches from `make_batches(rank, world_size)`."""
+
+    def __init__(self, model, make_batches, loop: LoopConfig, step_config, run: RunSpec,
+                 evaluate=None, log=print):
+        self.loop, self.step_config, self.run_spec = loop, step_config, run
+        self.make_batches, self.evaluate, self.log = make_batches, evaluate, log
+        device = resolve_device(loop.device)
+        self.dist = distributed.init_distributed(device)
+        self.device = distributed.device_for_rank(device, self.dist)
+        if loop.threads:
+            torch.set_num_threads(loop.threads)
+        torch.manual_seed(loop.seed + self.dist.rank)
+        self.model = model.to(self.device)
+        unknown = [m for m in run.trainable_modules if m not in model.module_names()]
+        if unknown:
+            raise ValueError(f'cannot train {unknown}: the model has {model.module_names()}')
+        for name in model.module_names():
+            getattr(model, name).requires_grad_(name in run.trainable_modules)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError('nothing to train: no trainable module selected')
+        self.optimizer = torch.optim.Adam(params, lr=loop.lr)
+        self.out_dir = Path(loop.out_dir)
+        self.step = 0
+        self.history = []
+        if loop.resume:
+            self._resume()
+        self.train_model = self.model
+        if self.dist.enabled:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                find_unused_parameters=True)
+
+    @property
+    def checkpoint_path(self):
+        return self.out_dir / LAST_CHECKPOINT
+
+    def _resume(self):
+        path = self.checkpoint_path
+        if not path.exists():
+            self.log(f'--resume: no checkpoint at {path}, starting from step 0')
+            return
+        payload = read_checkpoint(path)
+        if payload['model_config'] != self.model.config:
+            raise CheckpointError(f'cannot resume from {path}: it was trained with '
+                                  f"{payload['model_config']}, this run uses {self.model.config}")
+        load_state_strict(self.model, payload['state_dict'], payload.get('modules'),
+                          source=f'checkpoint {path}')
+        if 'optimizer' in payload:
+            self.optimizer.load_state_dict(payload['optimizer'])
+        self.step = int(payload['step'])
+        self.log(f'resumed from {path} at step {self.step}')
+
+    def _lr_for(self, step):
+        drop = step >= int(self.loop.steps * self.loop.lr_drop_fraction)
+        return self.loop.lr * (0.1 if drop else 1.0)
+
+    def save(self, metrics=None):
+        """Rank 0 writes last.pt atomically; a failed write (disk full) keeps the previous one."""
+        if not self.dist.is_main:
+            return None
+        try:
+            return save_checkpoint(
+                self.checkpoint_path, self.model, step=self.step, stage=self.run_spec.stage,
+                trained_on=self.run_spec.trained_on, metrics=metrics,
+                train_config=_plain({'loop': asdict(self.loop),
+                                     'step': asdict(self.step_config), **self.run_spec.extra}),
+                optimizer_state=self.optimizer.state_dict())
+        except OSError as error:
+            self.log(f'WARNING: could not write checkpoint at step {self.step} ({error}); '
+                     f'the previous checkpoint {self.checkpoint_path} is kept')
+            return None
+
+    def run(self):
+        loop = self.loop
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        batches = iter(self.make_batches(self.dist.rank, self.dist.world_size))
+        progress = None
+        if loop.progress and self.dist.is_main:
+            from tqdm import tqdm
+            progress = tqdm(total=loop.steps, initial=self.step, desc=self.run_spec.stage,
+                            unit='step', dynamic_ncols=True)
+        self.model.train()
+        bad_steps, started, running = 0, time.time(), {}
+        last_metrics = {}
+        try:
+            while self.step < loop.steps:
+                for group in self.optimizer.param_groups:
+                    group['lr'] = self._lr_for(self.step)
+                batch = _to_device(next(batches), self.device)
+                metrics = train_step(self.train_model, batch, self.optimizer, self.step_config,
+                                     step=self.step)
+                skipped = bool(metrics.get('skipped'))
+                if distributed.broadcast_flag(skipped, self.dist):
+                    bad_steps += 1
+                    if bad_steps >= loop.max_bad_steps:
+                        raise TrainingStopped(
+                            f'stopped at step {self.step}: {bad_steps} consecutive steps with a '
+                            f"non-finite loss or gradient ({metrics.get('reason', 'on another rank')}); "
+                            f'the last good checkpoint is kept at {self.checkpoint_path}')
+                    continue
+                bad_steps = 0
+                self.step += 1
+                for key, value in metrics.items():
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        running.setdefault(key, []).append(float(value))
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+                if self.step % loop.log_every == 0 or self.step == loop.steps:
+                    last_metrics = {k: distributed.all_reduce_mean(sum(v) / len(v), self.dist)
+                                    for k, v in sorted(running.items())}
+                    last_metrics.update(step=self.step, lr=self._lr_for(self.step - 1),
+                                        elapsed_s=round(time.time() - started, 1))
+                    running = {}
+                    if loop.eval_every and self.evaluate is not None and (
+                            self.step % loop.eval_every == 0 or self.step == loop.steps):
+                        if self.dist.is_main:
+                            self.model.eval()
+                            last_metrics.update({f'eval/{k}': v for k, v in
+                                                 self.evaluate(self.model).items()})
+                            self.model.train()
+                    self.history.append(last_metrics)
+                    if self.dist.is_main:
+                        with open(self.out_dir / 'history.jsonl', 'a') as handle:
+                            handle.write(json.dumps(last_metrics) + '\n')
+                if self.step % loop.checkpoint_every == 0 or self.step == loop.steps:
+                    self.save(last_metrics)
+        finally:
+            if progress is not None:
+                progress.close()
+        summary = {
+            'stage': self.run_spec.stage, 'steps': self.step, 'world_size': self.dist.world_size,
+            'wall_time_s': round(time.time() - started, 1), 'checkpoint': str(self.checkpoint_path),
+            'trained_on': self.run_spec.trained_on, 'final_metrics': last_metrics,
+            'model_config': self.model.config.to_dict(), 'loop': asdict(loop),
+        }
+        if self.dist.is_main:
+            _atomic_write_json(self.out_dir / 'summary.json', summary)
+        return summary
+
+    def close(self):
+        distributed.cleanup(self.dist)
