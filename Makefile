@@ -29,3 +29,14 @@ colcon-test: $(STAMP)
 
 clean:
 	rm -rf build install log .pytest_cache
+
+# Recipe of the shipped default weights (CPU, resumable; see models/MODEL_CARD.md).
+train-default: $(STAMP)
+	bash scripts/train_default.sh
+
+# Scratch vs flow-pretrained encoders, several seeds (docs/replication.md).
+replicate: $(STAMP)
+	$(PY) scripts/replicate_paper.py
+
+bench: $(STAMP)
+	$(PY) -m structflow_ros.cli bench model

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     'pretrain': ('pretrain', 'flow pretraining on uncalibrated video/folders/bags'),
     'finetune': ('finetune', 'depth finetuning of a (pretrained) structure encoder'),
     'evaluate': ('evaluate', 'Eigen depth metrics and flow EPE on data with ground truth'),
+    'export': ('export', 'make a serving checkpoint (fp16, no optimizer) from a training one'),
     'demo': ('demo', 'run the node on a synthetic drive or a video and write a report'),
     'node': ('structflow_ros.ros.depth_node', 'run the ROS 2 depth node (same as depth_node)'),
 }

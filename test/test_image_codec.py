@@ -1,0 +1,149 @@
+"""Raw and compressed image coding: round trips, padding, endianness and every error."""
+import array
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from structflow_ros.data import image_codec
+from structflow_ros.data.image_codec import (
+    decode_compressed, decode_depth, decode_image, decode_image_msg, encode_compressed,
+    encode_depth16, encode_depth32, encode_image, ImageDecodeError, SUPPORTED_ENCODINGS)
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8'])
+def test_colour_round_trip_is_exact(rgb, encoding):
+    step, payload = encode_image(rgb, encoding)
+    channels = 4 if 'a' in encoding[:4] else 3
+    assert step == 7 * channels and len(payload) == step * 5
+    decoded = decode_image(encoding, 5, 7, step, payload)
+    np.testing.assert_array_equal(decoded, rgb)
+    assert decoded.dtype == np.uint8 and decoded.flags.c_contiguous and decoded.flags.writeable
+
+
+def test_bgr8_really_swaps_channels(rgb):
+    step, payload = encode_image(rgb, 'rgb8')
+    np.testing.assert_array_equal(decode_image('bgr8', 5, 7, step, payload), rgb[..., ::-1])
+
+
+def test_mono_encodings(rgb):
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    step, payload = encode_image(rgb, 'mono8')
+    decoded = decode_image('mono8', 5, 7, step, payload)
+    assert decoded.shape == (5, 7, 3)
+    np.testing.assert_array_equal(decoded[..., 1], grey)
+    step16, payload16 = encode_image(rgb, 'mono16')
+    assert step16 == 14
+    np.testing.assert_array_equal(decode_image('mono16', 5, 7, step16, payload16)[..., 0], grey)
+
+
+def test_mono16_full_range_map_and_big_endian():
+    values = np.array([[0, 257, 65535, 128, 1000]], dtype=np.uint16)
+    expected = np.round(values / 257.0).astype(np.uint8)
+    little = decode_image('mono16', 1, 5, 10, values.astype('<u2').tobytes())
+    big = decode_image('mono16', 1, 5, 10, values.astype('>u2').tobytes(), is_bigendian=True)
+    np.testing.assert_array_equal(little[..., 0], expected[0:1])
+    np.testing.assert_array_equal(big, little)
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    decoded = decode_image('mono16', 256, 256, 512, every.tobytes())[..., 0]
+    np.testing.assert_array_equal(decoded, np.round(every / 257.0).astype(np.uint8))
+
+
+def test_big_endian_mono16_with_odd_step_padding():
+    values = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
+    rows = np.full((3, 9), 7, np.uint8)  # step 9: 8 pixel bytes + 1 padding byte per row
+    rows[:, :8] = values.astype('>u2').view(np.uint8).reshape(3, 8)
+    decoded = decode_image('mono16', 3, 4, 9, rows.tobytes(), is_bigendian=True)
+    np.testing.assert_array_equal(decoded[..., 2], np.round(values / 257.0).astype(np.uint8))
+
+
+def test_step_padding_is_dropped(rgb):
+    padded = np.zeros((5, 7 * 3 + 5), np.uint8)
+    padded[:, :21] = rgb.reshape(5, 21)
+    padded[:, 21:] = 99  # padding bytes must not leak into the image
+    np.testing.assert_array_equal(decode_image('rgb8', 5, 7, 26, padded.tobytes()), rgb)
+
+
+def test_accepts_rclpy_style_data_types(rgb):
+    step, payload = encode_image(rgb, 'rgb8')
+    for data in (payload, bytearray(payload), memoryview(payload), array.array('B', payload),
+                 np.frombuffer(payload, np.uint8)):
+        np.testing.assert_array_equal(decode_image('rgb8', 5, 7, step, data), rgb)
+
+
+def test_decode_image_msg_dispatches_on_fields(rgb):
+    step, payload = encode_image(rgb, 'bgra8')
+    raw = SimpleNamespace(encoding='bgra8', height=5, width=7, step=step, data=payload,
+                          is_bigendian=0)
+    np.testing.assert_array_equal(decode_image_msg(raw), rgb)
+    compressed = SimpleNamespace(format='png', data=encode_compressed(rgb, 'png'))
+    np.testing.assert_array_equal(decode_image_msg(compressed), rgb)
+
+
+def test_depth_decoding():
+    depth = np.array([[0.5, 1.25, np.nan], [10.0, 0.001, 3.0]], np.float32)
+    step, payload = encode_depth32(depth)
+    np.testing.assert_array_equal(decode_depth('32FC1', 2, 3, step, payload), depth)
+    big = decode_depth('32FC1', 2, 3, step, depth.astype('>f4').tobytes(), is_bigendian=True)
+    np.testing.assert_array_equal(big, depth)
+    step16, payload16 = encode_depth16(depth)
+    metres = decode_depth('16UC1', 2, 3, step16, payload16)
+    assert metres.dtype == np.float32
+    assert np.isnan(metres[0, 2])  # NaN in, 0 mm on the wire, NaN (no reading) out
+    np.testing.assert_allclose(metres[np.isfinite(depth)], depth[np.isfinite(depth)], atol=5e-4)
+
+
+def test_compressed_round_trip(rgb):
+    np.testing.assert_array_equal(decode_compressed(encode_compressed(rgb, 'png'), 'png'), rgb)
+    smooth = cv2.resize(rgb, (64, 48), interpolation=cv2.INTER_LINEAR)
+    decoded = decode_compressed(encode_compressed(smooth, 'jpeg', quality=95), 'jpeg')
+    assert decoded.shape == smooth.shape
+    assert np.abs(decoded.astype(int) - smooth).mean() < 3.0
+
+
+def _error(call, *args, **kwargs):
+    with pytest.raises(ImageDecodeError) as info:
+        call(*args, **kwargs)
+    return str(info.value)
+
+
+def test_errors_say_what_was_wrong(rgb):
+    step, payload = encode_image(rgb, 'rgb8')
+    message = _error(decode_image, 'yuv422', 5, 7, step, payload)
+    assert 'yuv422' in message and all(e in message for e in SUPPORTED_ENCODINGS)
+    assert 'decode_depth' in _error(decode_image, '32FC1', 5, 7, 28, bytes(140))
+    assert 'decode_depth' in _error(decode_image, '16UC1', 5, 7, 14, bytes(70))
+    message = _error(decode_image, 'rgb8', 5, 7, 20, payload)
+    assert 'step 20' in message and '21' in message
+    message = _error(decode_image, 'rgb8', 5, 7, step, payload[:-1])
+    assert '104' in message and '105' in message
+    assert 'zero-size' in _error(decode_image, 'rgb8', 0, 7, step, b'')
+    assert 'max_pixels' in _error(decode_image, 'rgb8', 5, 7, step, payload, max_pixels=34)
+    assert 'max_pixels' in _error(decode_image, 'mono8', 2 ** 20, 2 ** 20, 2 ** 20, b'')
+    assert 'unsupported depth' in _error(decode_depth, 'rgb8', 5, 7, step, payload)
+
+
+def test_corrupt_compressed_data_is_an_error(rgb):
+    jpeg = encode_compressed(cv2.resize(rgb, (64, 48)), 'jpeg')
+    assert 'truncated' in _error(decode_compressed, jpeg[:len(jpeg) // 2], 'jpeg')
+    assert 'corrupt' in _error(decode_compressed, b'\x00garbage' * 20, 'jpeg')
+    assert 'empty' in _error(decode_compressed, b'', 'png')
+    assert 'compressedDepth' in _error(decode_compressed, jpeg, '16UC1; compressedDepth')
+    assert 'max_pixels' in _error(decode_compressed, jpeg, 'jpeg', max_pixels=100)
+
+
+def test_encoder_rejects_bad_input(rgb):
+    assert 'supported' in _error(encode_image, rgb, 'yuv422')
+    assert 'RGB uint8' in _error(encode_image, rgb.astype(np.float32), 'rgb8')
+    assert 'supported' in _error(encode_compressed, rgb, 'webp')
+
+
+def test_bytes_per_pixel_table():
+    assert [image_codec.bytes_per_pixel(e) for e in ('rgb8', 'bgra8', 'mono8', 'mono16',
+                                                     '32FC1', '16UC1')] == [3, 4, 1, 2, 4, 2]
