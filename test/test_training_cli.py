@@ -75,7 +75,7 @@ def test_size_the_network_cannot_take_is_refused(tmp_path, capsys):
     argv = ['--data', str(data), '--steps', '1', '--out', str(tmp_path / 'r'),
             '--height', '8', '--width', '64', '--device', 'cpu', '--no-progress']
     assert run_pretrain(argv) == 2
-    assert 'height must be an integer >= 32' in capsys.readouterr().err
+    assert 'height must be a multiple of 32 and >= 64' in capsys.readouterr().err
 
 
 def test_non_finite_losses_stop_training_and_keep_last_good_checkpoint(tmp_path, monkeypatch,
@@ -137,7 +137,8 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     config = model.config
     torch.manual_seed(3)
     from structflow_ros.core.networks import build_model
-    model = build_model(config).train()
+    # Same memory format as the Trainer, so that the convolutions sum in the same order.
+    model = build_model(config).to(memory_format=torch.channels_last).train()
     for name in model.module_names():
         getattr(model, name).requires_grad_(name in pretrain.FLOW_MODULES)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -157,9 +158,14 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     clip = min(1.0, step_config.max_grad_norm / (float(norm) + 1e-6))
     state = read_checkpoint(out / 'last.pt')['optimizer']['state']
     beta1 = 0.9
-    mismatch = [i for i, g in enumerate(averaged)
-                if not torch.allclose(state[i]['exp_avg'], (1 - beta1) * clip * g,
-                                      rtol=1e-3, atol=1e-7)]
-    assert not mismatch, f'{len(mismatch)} of {len(averaged)} parameters disagree'
-    # And the averaged gradient differs from either rank's own: the ranks really reduced.
-    assert not torch.allclose(grads[0][0], grads[1][0])
+    # The two processes run with another thread count and sum convolution gradients in
+    # another order, so compare as vectors: relative error of the whole first moment.
+    moment = torch.cat([state[i]['exp_avg'].reshape(-1) for i in range(len(averaged))])
+
+    def relative_error(grads_list):
+        expected = torch.cat([(1 - beta1) * clip * g.reshape(-1) for g in grads_list])
+        return float((moment - expected).norm() / expected.norm())
+    error_averaged = relative_error(averaged)
+    error_rank0 = relative_error(grads[0])
+    assert error_averaged < 1e-2, (error_averaged, error_rank0)
+    assert error_rank0 > 10 * error_averaged, (error_averaged, error_rank0)

@@ -4,6 +4,8 @@ from dataclasses import asdict, dataclass, fields
 ENCODERS = ('resnet18', 'resnet50')
 # The ResNet stem and four stages halve the resolution five times.
 SIZE_MULTIPLE = 32
+# The decoders' reflection padding needs a bottleneck of at least 2x2 cells.
+MIN_SIZE = 64
 
 
 @dataclass
@@ -33,8 +35,9 @@ class ModelConfig:
             raise ValueError(f"unknown encoder '{self.encoder}'; choose from {', '.join(ENCODERS)}")
         for name in ('height', 'width'):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < SIZE_MULTIPLE:
-                raise ValueError(f'{name} must be an integer >= {SIZE_MULTIPLE}, got {value!r}')
+            if not isinstance(value, int) or value < MIN_SIZE or value % SIZE_MULTIPLE:
+                raise ValueError(f'{name} must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIZE}'
+                                 f', got {value!r}')
         if not 1 <= self.num_scales <= 4:
             raise ValueError(f'num_scales must be in 1..4, got {self.num_scales}')
         if self.motion_dim < 1:

@@ -1,0 +1,161 @@
+"""Evaluation metrics, so every number in the project is computed one way (design.md protocol).
+
+Depth: Eigen et al. 2014 metrics over valid ground-truth pixels, capped to [min_depth,
+max_depth], with per-frame median scaling for relative predictions and the Garg crop on KITTI
+(as monodepth2's evaluate_depth.py). Flow: end-point error and KITTI's Fl outlier rate.
+Inputs may be NumPy arrays or torch tensors; results are plain Python floats.
+"""
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+
+DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3')
+
+
+def _to_numpy(array, name: str) -> np.ndarray:
+    """Tensor or array -> float64 (H, W) array; squeezes leading singleton dimensions."""
+    if array is None:
+        return None
+    if hasattr(array, 'detach'):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f'{name} must be an (H, W) map (leading 1s allowed), got {array.shape}')
+    return array
+
+
+def garg_crop_mask(height: int, width: int) -> np.ndarray:
+    """Boolean (H, W) mask of the Garg crop (rows 0.408-0.992, cols 0.036-0.964; monodepth2)."""
+    crop = np.array([0.40810811 * height, 0.99189189 * height,
+                     0.03594771 * width, 0.96405229 * width]).astype(np.int32)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[crop[0]:crop[1], crop[2]:crop[3]] = True
+    return mask
+
+
+def depth_metrics(pred, gt, valid=None, min_depth: float = 1e-3, max_depth: float = 80.0,
+                  median_scaling: bool = True, garg_crop: bool = False) -> Dict[str, float]:
+    """Eigen depth metrics of `pred` against `gt` (both (H, W), same shape, metres).
+
+    Valid pixels: finite gt inside (min_depth, max_depth) (zeros in sparse lidar are missing),
+    and `valid` and the Garg crop when given. With median scaling, pred is multiplied by
+    median(gt) / median(pred) (reported as scale_ratio); then predictions are clamped to
+    [min_depth, max_depth]. No valid pixel: every metric is NaN and valid_pixels is 0.
+    """
+    pred = _to_numpy(pred, 'pred').astype(np.float64)
+    gt = _to_numpy(gt, 'gt').astype(np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f'pred {pred.shape} and gt {gt.shape} differ; resize the prediction '
+                         'to the ground-truth size first (as monodepth2 does)')
+    mask = np.isfinite(gt) & (gt > min_depth) & (gt < max_depth)
+    if valid is not None:
+        valid = _to_numpy(valid, 'valid')
+        if valid.shape != gt.shape:
+            raise ValueError(f'valid {valid.shape} and gt {gt.shape} differ')
+        mask &= valid.astype(bool)
+    if garg_crop:
+        mask &= garg_crop_mask(*gt.shape)
+    if not np.isfinite(pred[mask]).all():
+        raise ValueError('pred holds NaN or inf on valid pixels; only finite depths are accepted')
+    count = int(mask.sum())
+    if count == 0:
+        return {**{key: float('nan') for key in DEPTH_KEYS}, 'scale_ratio': float('nan'),
+                'valid_pixels': 0}
+    # Relative predictions may be in any unit: only guard against <= 0 before the scaling,
+    # then cap to the evaluation range (monodepth2's order).
+    pred_valid = np.maximum(pred[mask], 1e-9)
+    gt_valid = gt[mask]
+    ratio = 1.0
+    if median_scaling:
+        ratio = float(np.median(gt_valid) / np.median(pred_valid))
+    pred_valid = np.clip(pred_valid * ratio, min_depth, max_depth)
+    thresh = np.maximum(gt_valid / pred_valid, pred_valid / gt_valid)
+    metrics = {
+        'abs_rel': float(np.mean(np.abs(gt_valid - pred_valid) / gt_valid)),
+        'sq_rel': float(np.mean((gt_valid - pred_valid) ** 2 / gt_valid)),
+        'rmse': float(np.sqrt(np.mean((gt_valid - pred_valid) ** 2))),
+        'rmse_log': float(np.sqrt(np.mean((np.log(gt_valid) - np.log(pred_valid)) ** 2))),
+        'a1': float(np.mean(thresh < 1.25)),
+        'a2': float(np.mean(thresh < 1.25 ** 2)),
+        'a3': float(np.mean(thresh < 1.25 ** 3)),
+        'scale_ratio': ratio,
+        'valid_pixels': count,
+    }
+    return metrics
+
+
+def constant_depth_floor(gt, valid=None, **kwargs) -> Dict[str, float]:
+    """Metrics of a prediction that is the same depth everywhere, after median scaling.
+
+    The floor every model must beat on the same frames (design.md). Keyword arguments go to
+    `depth_metrics` (min_depth, max_depth, garg_crop); median scaling is always on.
+    """
+    kwargs['median_scaling'] = True
+    gt_array = _to_numpy(gt, 'gt')
+    return depth_metrics(np.ones(gt_array.shape), gt_array, valid, **kwargs)
+
+
+def aggregate_depth_metrics(per_frame: Iterable[Dict[str, float]]) -> Dict[str, float]:
+    """Mean of per-frame metrics over frames with valid pixels, plus the scale-ratio spread.
+
+    scale_ratio_spread = std / median of the per-frame ratios: a stable scale is what a robot
+    needs (design.md).
+    """
+    frames = [m for m in per_frame if m.get('valid_pixels', 0) > 0]
+    result = {'frames': len(frames), 'valid_pixels': int(sum(m['valid_pixels'] for m in frames))}
+    if not frames:
+        result.update({key: float('nan') for key in DEPTH_KEYS})
+        result.update(scale_ratio_median=float('nan'), scale_ratio_std=float('nan'),
+                      scale_ratio_spread=float('nan'))
+        return result
+    for key in DEPTH_KEYS:
+        result[key] = float(np.mean([m[key] for m in frames]))
+    ratios = np.array([m['scale_ratio'] for m in frames], dtype=np.float64)
+    median = float(np.median(ratios))
+    std = float(np.std(ratios))
+    result.update(scale_ratio_median=median, scale_ratio_std=std,
+                  scale_ratio_spread=std / median if median != 0 else float('nan'))
+    return result
+
+
+def _flow_to_numpy(flow, name: str) -> np.ndarray:
+    if hasattr(flow, 'detach'):
+        flow = flow.detach().cpu().numpy()
+    flow = np.asarray(flow, dtype=np.float64)
+    if flow.ndim == 4 and flow.shape[0] == 1:
+        flow = flow[0]
+    if flow.ndim == 3 and flow.shape[-1] != 2 and flow.shape[0] == 2:
+        flow = np.transpose(flow, (1, 2, 0))  # (2, H, W) -> (H, W, 2)
+    if flow.ndim != 3 or flow.shape[-1] != 2:
+        raise ValueError(f'{name} must be a flow of shape (H, W, 2) or (2, H, W), got '
+                         f'{flow.shape}')
+    return flow
+
+
+def flow_metrics(pred, gt, valid: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """End-point error and Fl-all over valid pixels (KITTI 2015 outliers: > 3 px and > 5 %).
+
+    pred, gt: (H, W, 2) (or (2, H, W)) in pixels; valid: (H, W), defaults to finite gt.
+    fl_all is a fraction in [0, 1] (KITTI prints it in percent). No valid pixel: NaN metrics.
+    """
+    pred = _flow_to_numpy(pred, 'pred')
+    gt = _flow_to_numpy(gt, 'gt')
+    if pred.shape != gt.shape:
+        raise ValueError(f'pred {pred.shape} and gt {gt.shape} differ')
+    mask = np.isfinite(gt).all(-1)
+    if valid is not None:
+        valid = _to_numpy(valid, 'valid')
+        if valid.shape != gt.shape[:2]:
+            raise ValueError(f'valid {valid.shape} does not match the flow {gt.shape[:2]}')
+        mask &= valid.astype(bool)
+    count = int(mask.sum())
+    if count == 0:
+        return {'epe': float('nan'), 'fl_all': float('nan'), 'valid_pixels': 0}
+    if not np.isfinite(pred[mask]).all():
+        raise ValueError('pred flow holds NaN or inf on valid pixels')
+    error = np.linalg.norm(pred[mask] - gt[mask], axis=-1)
+    magnitude = np.linalg.norm(gt[mask], axis=-1)
+    outlier = (error > 3.0) & (error > 0.05 * magnitude)
+    return {'epe': float(error.mean()), 'fl_all': float(outlier.mean()), 'valid_pixels': count}

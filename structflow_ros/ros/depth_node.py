@@ -1,0 +1,428 @@
+"""ROS 2 node `depth_node`: monocular depth for one camera, RViz- and depth_image_proc-ready.
+
+    ros2 run structflow depth_node --ros-args --params-file config/structflow.yaml \
+        -r image:=/camera/image_raw -r camera_info:=/camera/camera_info
+
+Subscribes `image` (sensor_msgs/Image, or CompressedImage with input_compressed:=true) and
+`camera_info`; publishes `depth` (32FC1), `depth/colored` (bgr8), `depth/camera_info`,
+`depth/points` (PointCloud2 xyz + rgb), each with the input image's header, and /diagnostics.
+
+Threads: the executor (one SingleThreadedExecutor: callbacks, service, diagnostics timer) and one
+inference thread. The image callback only drops the frame into a single-slot, drop-oldest buffer;
+the inference thread decodes, runs the model and publishes. The inference thread owns the module
+it serves: new weights (from ~/reload_weights now, from on-robot adaptation later) are published
+as a new version into a VersionedWeightStore and the inference thread builds a separate module
+and swaps it in between two frames; the served module is never mutated.
+"""
+import sys
+import threading
+import time
+
+import rclpy
+import torch
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rcl_interfaces.msg import SetParametersResult
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from std_srvs.srv import Trigger
+
+from structflow_ros.core.checkpoint import CheckpointError
+from structflow_ros.core.inference import resolve_device
+from structflow_ros.online.weight_store import VersionedWeightStore
+from structflow_ros.ros import conversions
+from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array
+from structflow_ros.ros.frame_slot import LatestFrameSlot
+from structflow_ros.ros.params import PARAMETERS, validate
+from structflow_ros.ros.qos import IncompatibleQosWarner, make_qos
+from structflow_ros.ros.scaling import DepthScaler, ScaleUnavailable
+from structflow_ros.ros.serving import (ServedModel, read_serving_checkpoint,
+                                        resolve_weights_path)
+
+INFERENCE_THREAD_NAME = 'structflow-inference'
+# How often the idle inference thread looks for a new weight version (no frame needed to swap).
+IDLE_POLL_S = 0.05
+# How long ~/reload_weights waits for the inference thread to serve the new version.
+SWAP_TIMEOUT_S = 10.0
+WARN_PERIOD_S = 5.0
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (weights, device, parameters); the message says what to fix."""
+
+
+class DepthNode(Node):
+    """Depth from one camera; see the module docstring for topics and threads."""
+
+    def __init__(self, node_name='depth_node', **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.stats = ServingStats()
+        self.weight_store = VersionedWeightStore()
+        self._slot = LatestFrameSlot()
+        self._camera_info = None  # latest CameraInfo (one reference: swapped atomically)
+        self._served = None
+        self._served_changed = threading.Condition()
+        self._swap_error = (0, '')  # (version, reason) of the last version that failed to load
+        self._last_warned = {}
+        self._warned_once = set()
+        self._scaler = DepthScaler()
+        self._rays = conversions.RayCache()
+        self._thread = None
+        self._declaring = False
+        try:
+            self._setup()
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    def _setup(self):
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # While declaring, a missing weights file is left to the load below, whose error names
+        # the file and the reason in one line.
+        self._declaring = True
+        try:
+            for spec in PARAMETERS:
+                self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        except Exception as error:  # rclpy's Invalid*Parameter*Exception family
+            raise StartupError(f'invalid parameter: {error}') from None
+        self._declaring = False
+        self._threads = self._param('threads')
+        if self._threads > 0:
+            torch.set_num_threads(self._threads)
+        try:
+            self.device = resolve_device(self._param('device'))
+        except ValueError as error:
+            raise StartupError(str(error)) from None
+        self.weights_path = resolve_weights_path(self._param('weights'))
+        try:
+            state_dict, meta = read_serving_checkpoint(self.weights_path)
+        except CheckpointError as error:
+            hint = ('' if self._param('weights') else
+                    " (the 'weights' parameter is empty, so the shipped default model was "
+                    'used; set weights:=<checkpoint file>)')
+            raise StartupError(f'cannot load weights {self.weights_path}: {error}{hint}') from None
+        version = self.weight_store.publish(state_dict, meta)
+        try:
+            self._served = ServedModel.from_state(state_dict, meta, version, self.device,
+                                                  self._input_size())
+        except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
+            raise StartupError(f'cannot put the model from {self.weights_path} on '
+                               f'{self.device}: {error}') from None
+        del state_dict
+
+        self._qos_warner = IncompatibleQosWarner(self.get_logger())
+        in_reliability = self._param('qos_reliability')
+        out_reliability = self._param('output_qos_reliability')
+        out_qos = make_qos(out_reliability, 2)
+        self._outputs = {}
+        for topic, msg_type in (('depth', Image), ('depth/colored', Image),
+                                ('depth/camera_info', CameraInfo),
+                                ('depth/points', PointCloud2)):
+            self._outputs[topic] = self.create_publisher(
+                msg_type, topic, out_qos,
+                event_callbacks=self._qos_warner.publisher(topic, out_reliability))
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        image_type = CompressedImage if self._param('input_compressed') else Image
+        self._image_sub = self.create_subscription(
+            image_type, 'image', self._on_image,
+            make_qos(in_reliability, self._param('qos_depth')),
+            event_callbacks=self._qos_warner.subscription('image', in_reliability))
+        # camera_info is always best effort: it then matches every camera driver, and losing
+        # one of these (rarely changing) messages costs nothing.
+        self._info_sub = self.create_subscription(
+            CameraInfo, 'camera_info', self._on_camera_info, make_qos('best_effort', 5))
+        self._reload_srv = self.create_service(Trigger, '~/reload_weights', self._on_reload)
+        self._diag_timer = self.create_timer(self._param('diagnostics_period'),
+                                             self._publish_diagnostics)
+
+        self._thread = threading.Thread(target=self._inference_loop, name=INFERENCE_THREAD_NAME,
+                                        daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f'serving {self.weights_path} (version {version}) on {self.device}; '
+            f'image: {self._image_sub.topic_name} ({image_type.__name__}, {in_reliability}), '
+            f"depth: {self._outputs['depth'].topic_name}, depth_mode "
+            f"{self._param('depth_mode')}")
+
+    # ------------------------------------------------------------------------------------------
+    # Parameters
+    # ------------------------------------------------------------------------------------------
+    def _param(self, name):
+        return self.get_parameter(name).value
+
+    def _input_size(self):
+        return self._param('input_height'), self._param('input_width')
+
+    def _on_set_parameters(self, parameters):
+        current = {name: param.value for name, param in self._parameters.items()}
+        incoming = {param.name: param.value for param in parameters}
+        merged = {**current, **incoming}
+        for param in parameters:
+            if param.type_ == Parameter.Type.NOT_SET or (self._declaring
+                                                         and param.name == 'weights'):
+                continue
+            reason = validate(param.name, param.value, merged)
+            if reason:
+                self.get_logger().warning(f'rejected parameter {param.name}: {reason}')
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _live_settings(self):
+        """The live parameters, read once per frame (cheap dict lookups, no locks needed)."""
+        names = ('output_height', 'output_width', 'depth_mode', 'depth_scale', 'camera_height',
+                 'colormap', 'colormap_range', 'colormap_min', 'colormap_max',
+                 'colormap_percentile_low', 'colormap_percentile_high', 'publish_points',
+                 'points_decimation', 'max_image_pixels')
+        return {name: self._param(name) for name in names}
+
+    # ------------------------------------------------------------------------------------------
+    # Callbacks (executor thread): never any heavy work here
+    # ------------------------------------------------------------------------------------------
+    def _on_image(self, msg):
+        now = time.monotonic()
+        self.stats.record_input(now)
+        if self._slot.put((msg, now)):
+            self.stats.record_stale()
+
+    def _on_camera_info(self, msg):
+        self._camera_info = msg
+
+    def _on_reload(self, request, response):
+        del request
+        path = resolve_weights_path(self._param('weights'))  # re-read: it may have been set
+        serving = self._served.version
+        try:
+            state_dict, meta = read_serving_checkpoint(path)
+        except (CheckpointError, ValueError, RuntimeError) as error:
+            response.success = False
+            response.message = (f'reload refused, still serving version {serving}: {error}')
+            self.get_logger().error(response.message)
+            return response
+        version = self.weight_store.publish(state_dict, meta)
+        del state_dict
+        with self._served_changed:
+            done = self._served_changed.wait_for(
+                lambda: self._served.version >= version or self._swap_error[0] >= version
+                or not self._thread.is_alive(), SWAP_TIMEOUT_S)
+        if self._served.version >= version:
+            self.weights_path = path
+            response.success = True
+            response.message = f'serving {path} as version {version}'
+            self.get_logger().info(response.message)
+        else:
+            response.success = False
+            reason = (self._swap_error[1] if self._swap_error[0] >= version else
+                      'the inference thread did not swap in time' if done is False else
+                      'the inference thread is not running')
+            response.message = (f'version {version} ({path}) published but not '
+                                f'served: {reason}; still serving version '
+                                f'{self._served.version}')
+            self.get_logger().error(response.message)
+        return response
+
+    # ------------------------------------------------------------------------------------------
+    # Inference thread
+    # ------------------------------------------------------------------------------------------
+    def _inference_loop(self):
+        if self._threads > 0:
+            torch.set_num_threads(self._threads)
+        while True:
+            item = self._slot.get(timeout=IDLE_POLL_S)
+            if self._slot.closed:
+                return
+            self._maybe_swap()
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except Exception as error:  # noqa: BLE001 - keep serving, but say what failed
+                if self._slot.closed or not rclpy.ok(context=self.context):
+                    return  # shutting down: publishers are gone
+                self.stats.record_error(f'{type(error).__name__}: {error}')
+                self._warn_throttled('error', f'frame failed: {type(error).__name__}: {error}')
+
+    def _maybe_swap(self):
+        """Between two frames: build the store's newer version aside, then swap the reference."""
+        version = self.weight_store.version
+        if version <= self._served.version or version <= self._swap_error[0]:
+            return
+        version, state_dict, meta = self.weight_store.latest()
+        try:
+            standby = ServedModel.from_state(state_dict, meta, version, self.device,
+                                             self._input_size())
+        except Exception as error:  # noqa: BLE001 - a bad version must not stop serving
+            with self._served_changed:
+                self._swap_error = (version, f'{type(error).__name__}: {error}')
+                self._served_changed.notify_all()
+            self.get_logger().error(f'weights version {version} not served: {error}')
+            return
+        with self._served_changed:
+            self._served = standby
+            self._served_changed.notify_all()
+        self.get_logger().info(f"now serving weights version {version} "
+                               f"({meta.get('path', 'published in memory')})")
+
+    def _process(self, msg, received):
+        started = time.monotonic()
+        settings = self._live_settings()
+        try:
+            rgb = conversions.image_msg_to_rgb(msg, settings['max_image_pixels'])
+        except conversions.BadImageError as error:
+            self.stats.record_bad_input(error.kind, str(error))
+            self._warn_throttled(f'bad_input:{error.kind}',
+                                 f'dropped a bad frame on {self._image_sub.topic_name}: {error}')
+            return
+        served = self._served
+        height, width = rgb.shape[:2]
+        out_height = settings['output_height'] or height
+        out_width = settings['output_width'] or width
+        served.predictor.output_size = (out_height, out_width)
+        model_started = time.monotonic()
+        model_depth = served.predictor.predict(rgb)
+        inferred = time.monotonic()
+
+        depth_info, rays = self._depth_camera(msg.header, width, height, out_width, out_height,
+                                              settings)
+        self._scaler.configure(settings['depth_mode'], settings['depth_scale'],
+                               settings['camera_height'])
+        try:
+            depth = self._scaler.apply(model_depth, rays)
+        except ScaleUnavailable as error:
+            self.stats.record_no_scale()
+            self._warn_throttled('no_scale', f'no depth published: {error}')
+            return
+
+        header = msg.header
+        self._outputs['depth'].publish(conversions.depth_to_image_msg(depth, header))
+        if depth_info is not None:
+            self._outputs['depth/camera_info'].publish(depth_info)
+        colored_pub = self._outputs['depth/colored']
+        if colored_pub.get_subscription_count() > 0:
+            limits = conversions.colormap_limits(
+                depth, settings['colormap_range'],
+                (settings['colormap_min'], settings['colormap_max']),
+                (settings['colormap_percentile_low'], settings['colormap_percentile_high']))
+            bgr = conversions.colorize_depth(depth, limits, settings['colormap'])
+            colored_pub.publish(conversions.bgr_to_image_msg(bgr, header))
+        points_pub = self._outputs['depth/points']
+        if (settings['publish_points'] and rays is not None
+                and points_pub.get_subscription_count() > 0):
+            points_pub.publish(conversions.depth_to_pointcloud(
+                depth, rays, rgb, settings['points_decimation'], header))
+        done = time.monotonic()
+        self.stats.record_output(served.version, inferred - model_started,
+                                 started - received, done - started, done)
+
+    def _depth_camera(self, header, width, height, out_width, out_height, settings):
+        """Rescaled camera_info and rays for this frame, or (None, None) without camera_info."""
+        info = self._camera_info
+        if info is None:
+            if settings['publish_points'] or settings['depth_mode'] == 'camera_height':
+                self._warn_throttled('no_camera_info', (
+                    f'no camera_info received on {self._info_sub.topic_name} yet: no '
+                    'depth/camera_info and no depth/points'
+                    + (', and no depth in camera_height mode'
+                       if settings['depth_mode'] == 'camera_height' else '')), period=30.0)
+            return None, None
+        depth_info, note = conversions.rescale_camera_info(info, width, height, out_width,
+                                                           out_height, header)
+        if note:
+            self._warn_once(f'info_mismatch:{note}', note)
+        need_rays = settings['publish_points'] or settings['depth_mode'] == 'camera_height'
+        rays = self._rays.rays(depth_info) if need_rays else None
+        if self._rays.note:
+            self._warn_once(f'rays:{self._rays.note}', self._rays.note)
+        return depth_info, rays
+
+    # ------------------------------------------------------------------------------------------
+    # Diagnostics, logging, shutdown
+    # ------------------------------------------------------------------------------------------
+    def _warn_throttled(self, key, text, period=WARN_PERIOD_S):
+        """Warn at most once per `period` per kind of problem (not per call site)."""
+        now = time.monotonic()
+        if now - self._last_warned.get(key, -1e9) >= period:
+            self._last_warned[key] = now
+            self.get_logger().warning(text)
+
+    def _warn_once(self, key, text):
+        if key not in self._warned_once:
+            self._warned_once.add(key)
+            self.get_logger().warning(text)
+
+    def diagnostics_snapshot(self):
+        """Everything /diagnostics reports, as a dict (also for in-process benchmarks)."""
+        snapshot = self.stats.snapshot()
+        served = self._served
+        extra = served.describe()
+        extra['model_version'] = snapshot.pop('model_version')  # what computed the last depth
+        extra['serving_version'] = served.version
+        extra.update({
+            'device': str(self.device),
+            'depth_mode': self._param('depth_mode'),
+            'depth_unit': self._scaler.unit,
+            'depth_scale_in_use': self._scaler.last_scale if self._scaler.last_scale else 0.0,
+            'camera_info_received': self._camera_info is not None,
+            'image_topic': self._image_sub.topic_name,
+            'incompatible_qos_topics': ','.join(t for _, t in sorted(self._qos_warner.warned)),
+            'last_swap_error': self._swap_error[1],
+        })
+        return {**snapshot, **extra}
+
+    def _publish_diagnostics(self):
+        values = self.diagnostics_snapshot()
+        level, message = DiagnosticStatus.OK, 'serving'
+        if values['frames_in'] == 0:
+            level, message = DiagnosticStatus.WARN, (
+                f"no image received on {values['image_topic']} (check the topic remap and "
+                'QoS)')
+        elif not self._thread.is_alive():
+            level, message = DiagnosticStatus.ERROR, 'inference thread stopped'
+        elif values['output_rate_hz'] == 0 and values['input_rate_hz'] > 0:
+            level, message = DiagnosticStatus.WARN, 'images arrive but no depth is published'
+        array = make_diagnostic_array(self.get_clock().now().to_msg(),
+                                      f'{self.get_fully_qualified_name()}: depth',
+                                      values['device'], values, {}, level, message)
+        self._diagnostics_pub.publish(array)
+
+    def stop(self):
+        """Stop the inference thread (idempotent); the node stays valid until destroy_node."""
+        self._slot.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def destroy_node(self):
+        self.stop()
+        return super().destroy_node()
+
+
+def main(args=None):
+    """Entry point of `ros2 run structflow depth_node`; returns the process exit code."""
+    rclpy.init(args=args)
+    logger = get_logger('depth_node')
+    try:
+        node = DepthNode()
+    except StartupError as error:
+        logger.fatal(str(error))
+        rclpy.try_shutdown()
+        return 1
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 0
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

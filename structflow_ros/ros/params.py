@@ -1,0 +1,144 @@
+"""The depth node's parameters: one table, used for declaration, validation, YAML and tests.
+
+Each entry carries its default, a description, a range and whether it can change while the node
+runs (read_only ones shape subscriptions, the device or the thread pool, fixed at start).
+config/structflow.yaml lists exactly these names (a test checks both directions).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from structflow_ros.core.config import SIZE_MULTIPLE
+from structflow_ros.ros.conversions import COLORMAP_RANGE_MODES, COLORMAPS
+from structflow_ros.ros.qos import RELIABILITY_CHOICES
+from structflow_ros.ros.scaling import DEPTH_MODES
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    int_range: Optional[Tuple[int, int]] = None
+    float_range: Optional[Tuple[float, float]] = None
+    choices: Optional[Tuple[str, ...]] = None
+
+    def descriptor(self):
+        text = self.description
+        if self.choices:
+            text += f" One of: {', '.join(self.choices)}."
+        descriptor = ParameterDescriptor(name=self.name, description=text,
+                                         read_only=self.read_only)
+        if self.choices:
+            descriptor.additional_constraints = f"one of {', '.join(self.choices)}"
+        if self.int_range:
+            descriptor.integer_range = [IntegerRange(from_value=self.int_range[0],
+                                                     to_value=self.int_range[1], step=1)]
+        if self.float_range:
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=self.float_range[0], to_value=self.float_range[1], step=0.0)]
+        return descriptor
+
+
+PARAMETERS = (
+    ParamSpec('weights', '', 'Checkpoint file to serve; empty = the shipped default model '
+              '(share/structflow/models/structflow_default.pt). Re-read by ~/reload_weights.'),
+    ParamSpec('device', 'auto', "Torch device: auto (CUDA when present), cpu, cuda or cuda:N.",
+              read_only=True),
+    ParamSpec('input_height', 0, 'Network input height in pixels; 0 = the size the model was '
+              f'trained at; otherwise >= {SIZE_MULTIPLE}.', read_only=True,
+              int_range=(0, 4096)),
+    ParamSpec('input_width', 0, 'Network input width in pixels; 0 = the size the model was '
+              f'trained at; otherwise >= {SIZE_MULTIPLE}.', read_only=True,
+              int_range=(0, 8192)),
+    ParamSpec('output_height', 0, 'Height of the published depth; 0 = the input image height.',
+              int_range=(0, 8192)),
+    ParamSpec('output_width', 0, 'Width of the published depth; 0 = the input image width.',
+              int_range=(0, 8192)),
+    ParamSpec('depth_mode', 'relative', 'Unit of the published depth: relative (model output '
+              'divided by its per-frame median (sampled on every 2nd row and column), so the '
+              'median is 1.0), scale (metres = '
+              'depth_scale * model output) or camera_height (metres from the ground plane '
+              'fitted with camera_info and the camera_height parameter).', choices=DEPTH_MODES),
+    ParamSpec('depth_scale', 1.0, 'Metres per model unit, used when depth_mode is scale.',
+              float_range=(1e-6, 1e6)),
+    ParamSpec('camera_height', 1.0, 'Height of the camera above a flat ground in metres, '
+              'used when depth_mode is camera_height.', float_range=(0.01, 100.0)),
+    ParamSpec('colormap', 'turbo', 'Colormap of depth/colored (near = warm/bright end).',
+              choices=COLORMAPS),
+    ParamSpec('colormap_range', 'percentile', 'Depth range of depth/colored: percentile (per '
+              'frame, colormap_percentile_low..high) or fixed (colormap_min..max, in the '
+              'published depth unit).', choices=COLORMAP_RANGE_MODES),
+    ParamSpec('colormap_min', 0.0, 'Nearest depth of the fixed colormap range.',
+              float_range=(0.0, 1e4)),
+    ParamSpec('colormap_max', 5.0, 'Farthest depth of the fixed colormap range.',
+              float_range=(0.0, 1e4)),
+    ParamSpec('colormap_percentile_low', 2.0, 'Lower percentile of the per-frame range.',
+              float_range=(0.0, 100.0)),
+    ParamSpec('colormap_percentile_high', 98.0, 'Upper percentile of the per-frame range.',
+              float_range=(0.0, 100.0)),
+    ParamSpec('qos_reliability', 'best_effort', 'Reliability of the image and camera_info '
+              'subscriptions: best_effort (sensor data, matches any camera) or reliable.',
+              read_only=True, choices=RELIABILITY_CHOICES),
+    ParamSpec('qos_depth', 5, 'History depth of the subscriptions (the node keeps only the '
+              'newest frame anyway).', read_only=True, int_range=(1, 1000)),
+    ParamSpec('output_qos_reliability', 'reliable', 'Reliability of the outputs: reliable '
+              '(serves reliable and best-effort subscribers, e.g. RViz) or best_effort.',
+              read_only=True, choices=RELIABILITY_CHOICES),
+    ParamSpec('publish_points', True, 'Publish depth/points (needs camera_info).'),
+    ParamSpec('points_decimation', 2, 'Keep every n-th depth pixel (rows and columns) as a '
+              'point.', int_range=(1, 64)),
+    ParamSpec('threads', 0, 'torch intra-op threads; 0 = torch default.', read_only=True,
+              int_range=(0, 256)),
+    ParamSpec('input_compressed', False, 'Subscribe to sensor_msgs/CompressedImage (JPEG/PNG) '
+              'on image instead of sensor_msgs/Image.', read_only=True),
+    ParamSpec('max_image_pixels', 4096 * 4096, 'Frames with more pixels are refused (guards '
+              'against corrupt headers).', int_range=(1, 1 << 30)),
+    ParamSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.',
+              read_only=True, float_range=(0.05, 60.0)),
+)
+PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+DEVICE_HELP = 'auto, cpu, cuda or cuda:N'
+
+
+def check_device_name(value):
+    if value in ('auto', 'cpu', 'cuda') or (value.startswith('cuda:') and value[5:].isdigit()):
+        return None
+    return f"device '{value}' is not one of {DEVICE_HELP}"
+
+
+def validate(name, value, values):
+    """Reason why `name` may not take `value` (None when it may). `values`: all other current
+    values (cross-checks use them when present)."""
+    spec = PARAMETERS_BY_NAME.get(name)
+    if spec is None:
+        return None  # not ours (use_sim_time, ...): rclpy handles it
+    if spec.choices and value not in spec.choices:
+        return f"{name} '{value}' is not one of {', '.join(spec.choices)}"
+    if spec.int_range and not spec.int_range[0] <= value <= spec.int_range[1]:
+        return f'{name} {value} is outside [{spec.int_range[0]}, {spec.int_range[1]}]'
+    if spec.float_range and not spec.float_range[0] <= value <= spec.float_range[1]:
+        return f'{name} {value} is outside [{spec.float_range[0]}, {spec.float_range[1]}]'
+    if name == 'device':
+        return check_device_name(value)
+    if name in ('input_height', 'input_width') and 0 < value < SIZE_MULTIPLE:
+        return f'{name} {value} is too small: use 0 (model size) or >= {SIZE_MULTIPLE}'
+    if name == 'weights' and value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            return (f"weights file '{value}' does not exist or is not a file "
+                    "(give a checkpoint path, or '' for the shipped default model)")
+    pairs = {'colormap_min': ('colormap_min', 'colormap_max'),
+             'colormap_max': ('colormap_min', 'colormap_max'),
+             'colormap_percentile_low': ('colormap_percentile_low', 'colormap_percentile_high'),
+             'colormap_percentile_high': ('colormap_percentile_low', 'colormap_percentile_high')}
+    if name in pairs:
+        low_name, high_name = pairs[name]
+        merged = {**values, name: value}
+        if low_name in merged and high_name in merged and not merged[low_name] < merged[high_name]:
+            return (f'{low_name} ({merged[low_name]}) must be smaller than {high_name} '
+                    f'({merged[high_name]})')
+    return None
