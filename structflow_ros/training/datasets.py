@@ -178,8 +178,10 @@ def load_rendered_folder(path):
     for rgb_path in sorted((path / 'rgb').glob('*.png')):
         rgb = cv2.cvtColor(cv2.imread(str(rgb_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         depth = np.load(path / 'depth' / f'{rgb_path.stem}.npy')
+        # Sky is written as a far constant (camera.json sky_depth_m), not as a measurement.
+        valid = np.isfinite(depth) & (depth > 0) & (depth < meta.get('sky_depth_m', np.inf))
         frames.append({'name': f'{path.name}/{rgb_path.stem}', 'rgb': rgb, 'depth': depth,
-                       'valid': np.isfinite(depth) & (depth > 0), 'K': np.asarray(meta['K'])})
+                       'valid': valid, 'K': np.asarray(meta['K'])})
     if not frames:
         raise SourceError(f'{path}/rgb holds no png frames; expected a `structflow render` folder')
     return frames
