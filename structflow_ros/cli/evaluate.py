@@ -42,7 +42,7 @@ def _sheet(frames, result, path, count=3):
     """PNG: best and worst frames by AbsRel, rows of RGB | ground truth | prediction."""
     import cv2
 
-    from structflow_ros.data.visualize import colorize_depth
+    from structflow_ros.data.synthetic.preview import depth_to_color
     order = sorted(range(len(result['per_frame'])),
                    key=lambda i: result['per_frame'][i]['abs_rel']
                    if math.isfinite(result['per_frame'][i]['abs_rel']) else float('inf'))
@@ -50,12 +50,13 @@ def _sheet(frames, result, path, count=3):
     rows = []
     for rank, index in enumerate(picks):
         frame, pred = frames[index], result['predictions'][index]
-        gt = np.where(frame['valid'], frame['depth'], 0).astype(np.float32)
+        valid = np.asarray(frame['valid'], bool) & (frame['depth'] > 0)
         scaled = pred * result['per_frame'][index]['scale_ratio']
-        high = float(np.percentile(gt[gt > 0], 95)) if (gt > 0).any() else float(scaled.max())
-        row = [cv2.cvtColor(frame['rgb'], cv2.COLOR_RGB2BGR),
-               colorize_depth(gt, 0.0, high, invalid=gt <= 0),
-               colorize_depth(scaled, 0.0, high)]
+        # One colour scale for ground truth and prediction: brightest at gt's 5th percentile.
+        near = float(np.percentile(frame['depth'][valid], 5)) if valid.any() else None
+        row = [frame['rgb'], depth_to_color(frame['depth'], valid, near),
+               depth_to_color(scaled, None, near)]
+        row = [cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in row]
         height = 160
         row = [cv2.resize(img, (int(img.shape[1] * height / img.shape[0]), height)) for img in row]
         row = np.concatenate(row, 1)

@@ -88,7 +88,8 @@ def main(args):
                 'zero_flow_epe': results['zero']['epe']}
 
     run = RunSpec(stage='pretrain', trained_on=[str(d) for d in args.data],
-                  trainable_modules=FLOW_MODULES, extra={'data': list(args.data)})
+                  trainable_modules=FLOW_MODULES, saved_modules=FLOW_MODULES,
+                  extra={'data': list(args.data)})
     trainer = Trainer(model, lambda rank, world: datasets.infinite_batches(
         dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
     try:

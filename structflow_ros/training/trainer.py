@@ -57,6 +57,9 @@ class RunSpec:
     stage: str
     trained_on: list = field(default_factory=list)
     trainable_modules: tuple = ()
+    # Modules written to checkpoints (default: all). Pretraining leaves the depth decoder
+    # untrained, so it stores only the flow modules rather than random depth weights.
+    saved_modules: tuple = None
     extra: dict = field(default_factory=dict)
 
 
@@ -150,7 +153,8 @@ class Trainer:
                 trained_on=self.run_spec.trained_on, metrics=metrics,
                 train_config=_plain({'loop': asdict(self.loop),
                                      'step': asdict(self.step_config), **self.run_spec.extra}),
-                optimizer_state=self.optimizer.state_dict())
+                optimizer_state=self.optimizer.state_dict(),
+                modules=self.run_spec.saved_modules)
         except OSError as error:
             self.log(f'WARNING: could not write checkpoint at step {self.step} ({error}); '
                      f'the previous checkpoint {self.checkpoint_path} is kept')

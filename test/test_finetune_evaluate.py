@@ -1,0 +1,135 @@
+"""finetune, export and evaluate end to end at tiny sizes (synthetic world rendered on the fly)."""
+import json
+
+import pytest
+import torch
+
+from structflow_ros.cli import evaluate, export, finetune, pretrain
+from structflow_ros.core import ModelConfig, build_model, load_model, read_checkpoint
+from structflow_ros.core.checkpoint import save_checkpoint
+
+TINY = ['--height', '64', '--width', '96', '--batch-size', '2', '--device', 'cpu',
+        '--no-progress', '--threads', '1']
+
+
+def run(module, argv):
+    return module.main(module.get_args_parser().parse_args(argv))
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp('pretrain')
+    assert run(pretrain, ['--data', 'synthetic:day:6:1', '--steps', '2', '--out', str(out)]
+               + TINY) == 0
+    return out / 'last.pt'
+
+
+def test_finetune_from_pretrained_is_y_shaped_and_reports_gradient_agreement(pretrained,
+                                                                             tmp_path):
+    out = tmp_path / 'ft'
+    assert run(finetune, ['--init', str(pretrained), '--data', 'synthetic:dusk:6:2',
+                          '--eval', 'synthetic:fog:4:3', '--supervised', '--labels', '2',
+                          '--steps', '2', '--out', str(out)] + TINY) == 0
+    payload = read_checkpoint(out / 'last.pt')
+    assert payload['stage'] == 'finetune'
+    assert set(payload['modules']) == {'structure_encoder', 'depth_decoder', 'motion_encoder',
+                                       'flow_decoder'}
+    extra = payload['train_config']
+    assert extra['loaded_modules'] == ['structure_encoder', 'motion_encoder', 'flow_decoder']
+    assert extra['joint_flow'] is True
+    summary = json.loads((out / 'summary.json').read_text())
+    metrics = summary['final_metrics']
+    assert -1.0 <= metrics['eval/grad_cosine_depth_flow'] <= 1.0
+    assert metrics['eval/depth_abs_rel'] > 0 and metrics['eval/floor_abs_rel'] > 0
+    assert metrics['loss_flow'] > 0 and metrics['loss_depth_supervised'] > 0
+    # The pretrained encoder really was the starting point (it moved only 2 small steps).
+    start = read_checkpoint(pretrained)['state_dict']['structure_encoder.conv1.weight']
+    end = payload['state_dict']['structure_encoder.conv1.weight']
+    assert torch.nn.functional.cosine_similarity(start.flatten(), end.flatten(), 0) > 0.99
+
+
+def test_paper_variant_drops_the_flow_branch(pretrained, tmp_path):
+    out = tmp_path / 'paper'
+    assert run(finetune, ['--init', str(pretrained), '--data', 'synthetic:day:5:4',
+                          '--supervised', '--paper-variant', '--steps', '1', '--out', str(out)]
+               + TINY) == 0
+    payload = read_checkpoint(out / 'last.pt')
+    assert set(payload['modules']) == {'structure_encoder', 'depth_decoder'}
+
+
+def test_finetune_refuses_wrong_architecture_and_missing_loss(tmp_path, capsys):
+    other = save_checkpoint(tmp_path / 'r50.pt',
+                            build_model(ModelConfig(encoder='resnet50', height=64, width=96)))
+    argv = ['--data', 'synthetic:day:4:1', '--steps', '1', '--out', str(tmp_path / 'x')] + TINY
+    assert run(finetune, ['--init', str(other), '--supervised'] + argv) == 2
+    assert 'resnet50' in capsys.readouterr().err
+    assert run(finetune, ['--scratch'] + argv) == 2
+    assert '--supervised, --self-supervised or both' in capsys.readouterr().err
+    assert run(finetune, ['--scratch', '--supervised', '--data', 'clip.mp4', '--steps', '1',
+                          '--out', str(tmp_path / 'y')] + TINY) == 2
+    assert 'synthetic:DOMAIN' in capsys.readouterr().err
+
+
+def test_self_supervised_finetune_trains_the_pose_network(tmp_path):
+    out = tmp_path / 'selfsup'
+    assert run(finetune, ['--scratch', '--data', 'synthetic:day:5:5', '--self-supervised',
+                          '--steps', '2', '--log-every', '1', '--out', str(out)] + TINY) == 0
+    payload = read_checkpoint(out / 'last.pt')
+    assert 'pose_net' in payload['modules']
+    history = (out / 'history.jsonl').read_text().splitlines()
+    assert all(json.loads(line)['loss_depth_selfsup'] > 0 for line in history)
+
+
+@pytest.fixture(scope='module')
+def finetuned(pretrained, tmp_path_factory):
+    out = tmp_path_factory.mktemp('finetune')
+    assert run(finetune, ['--init', str(pretrained), '--data', 'synthetic:day:5:6',
+                          '--supervised', '--steps', '1', '--out', str(out)] + TINY) == 0
+    return out / 'last.pt'
+
+
+def test_pretrain_checkpoint_holds_only_what_pretraining_trained(pretrained, capsys):
+    assert read_checkpoint(pretrained)['modules'] == list(pretrain.FLOW_MODULES)
+    with pytest.raises(ValueError, match="no weights for 'depth_decoder'"):
+        load_model(pretrained)
+
+
+def test_export_then_evaluate(finetuned, tmp_path):
+    served = tmp_path / 'served.pt'
+    assert run(export, ['--weights', str(finetuned), '--out', str(served),
+                        '--note', 'purpose=test']) == 0
+    payload = read_checkpoint(served)
+    assert payload['weights_dtype'] == 'float16' and 'optimizer' not in payload
+    assert payload['extra']['purpose'] == 'test'
+    assert served.stat().st_size < 0.6 * finetuned.stat().st_size
+    model, _ = load_model(served)
+    assert 'pose_net' not in model.module_names()
+    report_dir = tmp_path / 'eval'
+    assert run(evaluate, ['--weights', str(served), '--synthetic', 'fog:4:9', '--device', 'cpu',
+                          '--out', str(report_dir)]) == 0
+    report = json.loads((report_dir / 'metrics.json').read_text())
+    depth = report['depth']['synthetic_fog']
+    assert depth['model']['frames'] == 4 and depth['floor']['frames'] == 4
+    assert 0 < depth['model']['abs_rel'] < 10
+    flow = report['flow']['synthetic_fog']
+    assert set(flow) == {'model', 'zero', 'farneback', 'dis'}
+    # Classical flow beats zero flow on the synthetic drive (a sanity check of the GT).
+    assert flow['dis']['epe'] < flow['zero']['epe']
+    assert (report_dir / 'synthetic_fog_best_worst.png').stat().st_size > 1000
+
+
+def test_evaluate_missing_weights_is_a_clear_error(tmp_path, capsys):
+    assert run(evaluate, ['--weights', str(tmp_path / 'none.pt'), '--out', str(tmp_path)]) == 2
+    assert 'checkpoint not found' in capsys.readouterr().err
+
+
+def test_evaluate_real_frames(shared_data, finetuned, tmp_path):
+    report_dir = tmp_path / 'real'
+    assert run(evaluate, ['--weights', str(finetuned), '--synthetic', '--real', '--device',
+                          'cpu', '--shared-data', str(shared_data), '--out',
+                          str(report_dir)]) == 0
+    report = json.loads((report_dir / 'metrics.json').read_text())
+    assert set(report['depth']) == {'real_kitti', 'real_nyu', 'real_tum'}
+    assert report['depth']['real_kitti']['garg_crop'] is True
+    rubber = report['flow']['real_rubberwhale']
+    assert rubber['zero']['epe'] == pytest.approx(1.256, abs=0.01)
