@@ -36,11 +36,15 @@ def get_args_parser():
     parser.add_argument('--height', type=int, default=64)
     parser.add_argument('--width', type=int, default=160)
     parser.add_argument('--pretrain-steps', type=int, default=1500)
-    parser.add_argument('--finetune-steps', type=int, default=400)
+    parser.add_argument('--finetune-steps', type=int, default=300)
+    parser.add_argument('--pretrain-sets', nargs='+', default=['flow-synthetic+real'],
+                        choices=['flow-synthetic', 'flow-synthetic+real'],
+                        help='which pretrained encoders to compare with scratch')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--few-labels', type=int, default=4,
                         help='labelled frames per finetuning sequence in the few-label setting')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--pretrain-lr', type=float, default=2e-4)
     parser.add_argument('--docs', default=str(REPO / 'docs'))
     return parser
 
@@ -65,44 +69,53 @@ def main(args):
     size = ['--height', str(args.height), '--width', str(args.width)]
     common = size + ['--threads', str(args.threads), '--no-progress']
     real_clips = sorted(str(p) for p in SHARED.glob('kitti_odometry_clips/KITTI_sequence_*/image_l'))
-    pretrain_sets = {'flow-synthetic': TRAIN_SYNTHETIC}
+    available = {'flow-synthetic': TRAIN_SYNTHETIC}
     if real_clips:
-        pretrain_sets['flow-synthetic+real'] = TRAIN_SYNTHETIC + real_clips
+        available['flow-synthetic+real'] = TRAIN_SYNTHETIC + real_clips
+    pretrain_sets = {name: available[name] for name in args.pretrain_sets if name in available}
     starts = {'scratch': None}
     for name, data in pretrain_sets.items():
         folder = out / 'pretrain' / name
         if not (folder / 'summary.json').exists():
             run(cli('pretrain', '--data', *data, '--steps', str(args.pretrain_steps),
+                    '--lr', str(args.pretrain_lr),
                     '--out', str(folder), '--resume', *common), out / 'log.txt')
         starts[name] = folder / 'last.pt'
     results = []
     labels = {'few': args.few_labels, 'all': None}
-    for label_name, label_count in labels.items():
-        for start_name, init in starts.items():
-            for seed in args.seeds:
-                folder = out / 'finetune' / f'{start_name}_{label_name}_s{seed}'
-                eval_folder = folder / 'evaluate'
-                if not (eval_folder / 'metrics.json').exists():
-                    cmd = ['finetune', '--data', *FINETUNE_SYNTHETIC, '--supervised',
-                           '--steps', str(args.finetune_steps), '--seed', str(seed),
-                           '--out', str(folder), '--resume', *common]
-                    cmd += ['--scratch'] if init is None else ['--init', str(init)]
-                    if label_count is not None:
-                        cmd += ['--labels', str(label_count)]
-                    run(cli(*cmd), out / 'log.txt')
-                    ev = ['evaluate', '--weights', str(folder / 'last.pt'), '--synthetic',
-                          HELD_OUT, '--no-flow', '--out', str(eval_folder)]
-                    if SHARED.is_dir():
-                        ev.append('--real')
-                    run(cli(*ev), out / 'log.txt')
-                report = json.loads((eval_folder / 'metrics.json').read_text())
-                results.append({'start': start_name, 'labels': label_name, 'seed': seed,
-                                'depth': {name: entry['model']
-                                          for name, entry in report['depth'].items()},
-                                'floor': {name: entry['floor']
-                                          for name, entry in report['depth'].items()}})
+    runs = [(label_name, start_name, init, seed, 1.0)
+            for label_name in labels for start_name, init in starts.items()
+            for seed in args.seeds]
+    # Encoder-only finetuning (flow branch frozen as pretrained) for the gradient-agreement
+    # comparison with the joint (Y-shaped) finetuning.
+    runs += [('all', f'{name} encoder-only', init, seed, 0.0)
+             for name, init in starts.items() if init is not None for seed in args.seeds]
+    for label_name, start_name, init, seed, flow_weight in runs:
+        folder = out / 'finetune' / f'{start_name.replace(" ", "_")}_{label_name}_s{seed}'
+        eval_folder = folder / 'evaluate'
+        if not (eval_folder / 'metrics.json').exists():
+            cmd = ['finetune', '--data', *FINETUNE_SYNTHETIC, '--supervised',
+                   '--steps', str(args.finetune_steps), '--seed', str(seed),
+                   '--flow-weight', str(flow_weight), '--eval', 'synthetic:' + HELD_OUT,
+                   '--out', str(folder), '--resume', *common]
+            cmd += ['--scratch'] if init is None else ['--init', str(init)]
+            if labels[label_name] is not None:
+                cmd += ['--labels', str(labels[label_name])]
+            run(cli(*cmd), out / 'log.txt')
+            ev = ['evaluate', '--weights', str(folder / 'last.pt'), '--synthetic', HELD_OUT,
+                  '--no-flow', '--out', str(eval_folder)]
+            if SHARED.is_dir():
+                ev.append('--real')
+            run(cli(*ev), out / 'log.txt')
+        report = json.loads((eval_folder / 'metrics.json').read_text())
+        final = json.loads((folder / 'summary.json').read_text())['final_metrics']
+        results.append({'start': start_name, 'labels': label_name, 'seed': seed,
+                        'flow_weight': flow_weight,
+                        'grad_cosine': final.get('eval/grad_cosine_depth_flow'),
+                        'depth': {name: entry['model'] for name, entry in report['depth'].items()},
+                        'floor': {name: entry['floor'] for name, entry in report['depth'].items()}})
     (out / 'results.json').write_text(json.dumps(results, indent=2))
-    write_docs(results, args, Path(args.docs), list(starts))
+    write_docs(results, args, Path(args.docs), list(dict.fromkeys(r['start'] for r in results)))
 
 
 def _stat(values):
@@ -142,6 +155,22 @@ def write_docs(results, args, docs, start_names):
         lines.append(f'| constant-depth floor | - | {floor["abs_rel"]:.3f} | {floor["rmse"]:.3f} '
                      f'| {floor["a1"]:.3f} |')
         lines.append('')
+    lines += ['## Gradient agreement on the shared encoder (held-out fog)', '',
+              'Cosine between the supervised depth-loss gradient and the flow-loss gradient on '
+              'the structure encoder after finetuning, on held-out fog pairs '
+              '(`grad_cosine_similarity`). Positive means a flow-only update on the robot moves '
+              'the encoder in a direction that also lowers the depth loss (Sun et al., 2020). '
+              'Joint = Y-shaped finetuning (flow loss kept on); encoder-only = the flow branch '
+              'frozen as pretrained while the encoder is finetuned for depth.', '',
+              '| start | finetuning | labels | cosine (mean ± std) |', '|---|---|---|---|']
+    for start in start_names:
+        for label_name in ('few', 'all'):
+            values = [r['grad_cosine'] for r in results if r['start'] == start
+                      and r['labels'] == label_name and r.get('grad_cosine') is not None]
+            if values:
+                mean, std = _stat(values)
+                kind = 'encoder-only' if 'encoder-only' in start else 'joint'
+                lines.append(f'| {start} | {kind} | {label_name} | {mean:.3f} ± {std:.3f} |')
     (docs / 'replication.md').write_text('\n'.join(lines) + '\n')
     try:
         import matplotlib

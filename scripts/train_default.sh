@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/default}
 SHARED=${STRUCTFLOW_SHARED_DATA:-../shared/data}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
-FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
+FINETUNE_STEPS=${FINETUNE_STEPS:-1500}
 THREADS=${THREADS:-2}
 OUT_MODEL=${OUT_MODEL:-models/structflow_default.pt}
 
@@ -29,7 +29,7 @@ HELD_OUT="synthetic:fog:24:100"
 
 start=$(date +%s)
 $PY -m structflow_ros.cli pretrain --data $SYNTHETIC $REAL --eval $HELD_OUT \
-  --steps "$PRETRAIN_STEPS" --lr 2e-4 --eval-every 1000 --threads "$THREADS" --out "$RUN/pretrain" --resume
+  --steps "$PRETRAIN_STEPS" --lr 2e-4 --eval-every 500 --threads "$THREADS" --out "$RUN/pretrain" --resume
 $PY -m structflow_ros.cli finetune --init "$RUN/pretrain/last.pt" \
   --data synthetic:day:200:21 synthetic:dusk:200:22 synthetic:overcast:200:23 \
   --supervised --eval $HELD_OUT --steps "$FINETUNE_STEPS" --eval-every 500 \
@@ -39,3 +39,4 @@ $PY -m structflow_ros.cli export --weights "$RUN/finetune/last.pt" --out "$OUT_M
   --note "held_out_domain=fog"
 $PY -m structflow_ros.cli evaluate --weights "$OUT_MODEL" --synthetic fog:24:100 \
   $( [ -d "$SHARED" ] && echo --real ) --out "$RUN/evaluate"
+$PY scripts/write_model_card.py --run "$RUN" --model "$OUT_MODEL"

@@ -72,17 +72,22 @@ def _sheet(frames, result, path, count=3):
     return path
 
 
+def synthetic_sequences(args, config):
+    """(set name, frames) of each --synthetic spec, rendered at the model size."""
+    from structflow_ros.training import datasets
+    for spec in (DEFAULT_SYNTHETIC if args.synthetic is None else args.synthetic):
+        parsed = datasets.SyntheticSpec.parse(datasets.SYNTHETIC_PREFIX + spec)
+        yield (f'synthetic_{parsed.domain}',
+               datasets.render_synthetic(parsed, config.height, config.width))
+
+
 def depth_sets(args, config):
     """name -> (frames, max_depth, garg_crop)."""
     from structflow_ros.training import datasets
     sets = {}
-    for spec in (DEFAULT_SYNTHETIC if args.synthetic is None else args.synthetic):
-        parsed = datasets.SyntheticSpec.parse(datasets.SYNTHETIC_PREFIX + spec)
-        frames = datasets.render_synthetic(parsed, config.height, config.width)
-        sets[f'synthetic_{parsed.domain}'] = ([{'rgb': f.rgb, 'depth': f.depth,
-                                                'valid': f.depth_valid,
-                                                'name': f'{parsed.domain}/{f.index}'}
-                                               for f in frames], 80.0, False)
+    for name, frames in synthetic_sequences(args, config):
+        sets[name] = ([{'rgb': f.rgb, 'depth': f.depth, 'valid': f.depth_valid,
+                        'name': f'{f.domain}/{f.index}'} for f in frames], 80.0, False)
     for folder in args.folder:
         sets[f'folder_{Path(folder).name}'] = (datasets.load_rendered_folder(folder), 80.0,
                                                False)
@@ -101,13 +106,9 @@ def depth_sets(args, config):
 
 
 def flow_sets(args, config):
-    from structflow_ros.training import datasets
-    sets = {}
-    for spec in (DEFAULT_SYNTHETIC if args.synthetic is None else args.synthetic):
-        parsed = datasets.SyntheticSpec.parse(datasets.SYNTHETIC_PREFIX + spec)
-        frames = datasets.render_synthetic(parsed, config.height, config.width)
-        sets[f'synthetic_{parsed.domain}'] = [(a.rgb, b.rgb, a.flow, a.flow_valid)
-                                              for a, b in zip(frames[:-1], frames[1:])]
+    """name -> [(rgb0, rgb1, flow_gt, valid)]."""
+    sets = {name: [(a.rgb, b.rgb, a.flow, a.flow_valid) for a, b in zip(frames[:-1], frames[1:])]
+            for name, frames in synthetic_sequences(args, config)}
     if args.real:
         from structflow_ros.data import shared_data
         pair = shared_data.load_rubberwhale(args.shared_data or None)

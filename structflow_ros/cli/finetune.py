@@ -127,7 +127,10 @@ def main(args):
         metrics.update({f'floor_{k}': result['floor'][k] for k in ('abs_rel', 'rmse', 'a1')})
         if net.config.flow_branch:
             batch = {k: v.to(device) for k, v in eval_batch.items()}
-            metrics['grad_cosine_depth_flow'] = grad_cosine_similarity(net, batch)
+            # Full default weights: with --flow-weight 0 (encoder-only finetuning, the flow
+            # branch frozen as pretrained) the flow gradient is still measured.
+            metrics['grad_cosine_depth_flow'] = grad_cosine_similarity(
+                net, batch, loss_a='depth_supervised', config=TrainStepConfig())
         return metrics
 
     run = RunSpec(stage='finetune', trained_on=[str(d) for d in args.data],
