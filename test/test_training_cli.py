@@ -169,3 +169,35 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     error_rank0 = relative_error(grads[0])
     assert error_averaged < 1e-2, (error_averaged, error_rank0)
     assert error_rank0 > 10 * error_averaged, (error_averaged, error_rank0)
+
+
+def test_resume_with_another_model_size_is_refused(tmp_path, capsys):
+    data = textured_frames(tmp_path / 'frames')
+    out = tmp_path / 'run'
+    assert run_pretrain(['--data', str(data), '--steps', '1', '--out', str(out)] + TINY) == 0
+    other_size = [a if a != '64' else '96' for a in TINY]
+    assert run_pretrain(['--data', str(data), '--steps', '2', '--out', str(out), '--resume']
+                        + other_size) == 2
+    assert 'cannot resume' in capsys.readouterr().err
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    """A full disk during a checkpoint write (simulated: torch.save writes part of the file,
+    then ENOSPC) leaves the previous checkpoint intact, no temp file, and training goes on."""
+    import errno
+
+    from structflow_ros.core import checkpoint
+    data = textured_frames(tmp_path / 'frames')
+    out = tmp_path / 'run'
+    assert run_pretrain(['--data', str(data), '--steps', '1', '--out', str(out)] + TINY) == 0
+    before = (out / 'last.pt').read_bytes()
+
+    def full_disk_save(obj, handle, *args, **kwargs):
+        handle.write(b'PK\x03\x04 partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(checkpoint.torch, 'save', full_disk_save)
+    assert run_pretrain(['--data', str(data), '--steps', '3', '--out', str(out), '--resume',
+                         '--checkpoint-every', '1'] + TINY) == 0
+    assert 'No space left on device' in capsys.readouterr().out
+    assert (out / 'last.pt').read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ['history.jsonl', 'last.pt', 'summary.json']

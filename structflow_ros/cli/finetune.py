@@ -137,8 +137,11 @@ def main(args):
                   trainable_modules=tuple(trainable),
                   extra={'init': args.init or 'scratch', 'loaded_modules': loaded,
                          'labels_per_sequence': args.labels, 'joint_flow': joint_flow})
-    trainer = Trainer(model, lambda rank, world: datasets.depth_batches(
-        dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
+    try:
+        trainer = Trainer(model, lambda rank, world: datasets.depth_batches(
+            dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
+    except (ValueError, OSError) as error:  # e.g. --resume from another architecture
+        return cli_common.fail('finetune', error)
     try:
         summary = trainer.run()
     except TrainingStopped as error:

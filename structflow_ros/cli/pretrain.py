@@ -90,8 +90,11 @@ def main(args):
     run = RunSpec(stage='pretrain', trained_on=[str(d) for d in args.data],
                   trainable_modules=FLOW_MODULES, saved_modules=FLOW_MODULES,
                   extra={'data': list(args.data)})
-    trainer = Trainer(model, lambda rank, world: datasets.infinite_batches(
-        dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
+    try:
+        trainer = Trainer(model, lambda rank, world: datasets.infinite_batches(
+            dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
+    except (ValueError, OSError) as error:  # e.g. --resume from another architecture
+        return cli_common.fail('pretrain', error)
     try:
         summary = trainer.run()
     except TrainingStopped as error:
