@@ -27,6 +27,11 @@ test-fast: $(STAMP)
 colcon-test: $(STAMP)
 	bash scripts/colcon_check.sh
 
+# The real node on a synthetic fog drive (held out of training), or DEMO_SOURCE=<video/folder/bag>;
+# DEMO_DOMAIN=<domain>; DEMO_ARGS='--rate 15 --frames 200'. Report: reports/demo-<time>/.
+demo: $(STAMP)
+	$(PY) -m structflow_ros.cli demo $(DEMO_ARGS)
+
 clean:
 	rm -rf build install log .pytest_cache
 

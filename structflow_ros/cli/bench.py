@@ -2,7 +2,7 @@
 
   structflow bench model [--repeats 20] [--device auto] [--json out.json]
   structflow bench render [--frames 30]
-  structflow bench node  (see structflow_ros/cli/bench_node.py)
+  structflow bench node [--sizes 320x96,640x192] [--rates 10,30] (structflow_ros/cli/bench_node.py)
 
 Timings are medians over repeats after warm-up; compare numbers taken in one run only.
 """
@@ -32,8 +32,9 @@ def get_args_parser():
     render.add_argument('--sizes', default='320x96,640x192')
     render.add_argument('--domain', default='day')
     render.add_argument('--json', default='')
-    node = sub.add_parser('node', help='end-to-end node latency over DDS (see bench_node)')
-    node.add_argument('rest', nargs=argparse.REMAINDER)
+    from structflow_ros.cli import bench_node  # argparse only; rclpy is imported when run
+    sub.add_parser('node', parents=[bench_node.get_args_parser(add_help=False)],
+                   help='end-to-end node latency over DDS (see bench_node)')
     return parser
 
 
@@ -136,7 +137,7 @@ def bench_render(args):
 def main(args):
     if args.target == 'node':
         from structflow_ros.cli import bench_node
-        return bench_node.main(bench_node.get_args_parser().parse_args(args.rest))
+        return bench_node.main(args)
     try:
         result = bench_model(args) if args.target == 'model' else bench_render(args)
     except ValueError as error:

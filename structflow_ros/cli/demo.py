@@ -90,8 +90,9 @@ def get_args_parser():
     parser.add_argument('--size', type=parse_size, default=(96, 320),
                         help='synthetic camera WIDTHxHEIGHT (default 320x96)')
     parser.add_argument('--max-width', type=int, default=640,
-                        help='source frames wider than this are scaled down (DDS shared memory '
-                             'carries up to about 640x480 rgb8 in one segment; default 640)')
+                        help='source frames wider than this are scaled down (default 640: '
+                             'frames too big for one DDS shared-memory segment arrive at a '
+                             'fraction of the rate with best effort, see toolchain.md)')
     parser.add_argument('--frames', type=int, default=100,
                         help='frames to play (default 100; 0 = the whole source)')
     parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz (10)')
@@ -304,8 +305,12 @@ def node_failure_summary(log_tail):
     return '\n'.join(lines[-5:] or log_tail.splitlines()[-10:])
 
 
-def run(args, frames, weights, out, domain_id, progress):
-    """Start the node, stream `frames`, collect replies. Returns a dict (see write_report)."""
+def run(args, load_frames_fn, weights, out, domain_id, progress):
+    """Start the node, load the frames meanwhile, stream them, collect the replies.
+
+    Returns a dict: frames, published [(stamp, position)], the client (its replies), summary,
+    interrupted. The node is stopped (SIGINT, wait, kill) on every way out of here.
+    """
     from structflow_ros.ros.depth_client import (DepthClient, NodeProcess, NodeStartError,
                                                  camera_info_for, node_ros_args, ros_env,
                                                  summarize_run, write_params_file)
@@ -317,11 +322,15 @@ def run(args, frames, weights, out, domain_id, progress):
     env = ros_env(domain_id, out / 'ros_logs' / 'node')
     outputs = ('depth', 'depth/colored', 'depth/camera_info') + (
         ('depth/points',) if args.points else ())
-    result = {'published': [], 'interrupted': False, 'client': None, 'summary': None}
+    result = {'published': [], 'interrupted': False, 'client': None, 'summary': None,
+              'frames': None}
+    # The node first (before any thread exists here: it is forked), the frames while it
+    # imports torch and starts.
     node = NodeProcess(node_ros_args(params_file, NAMESPACE), env, out / 'node.log')
     result['node_command'] = ' '.join(node.command)
-    client = None
+    client, before = None, None
     try:
+        frames = result['frames'] = load_frames_fn()
         client = DepthClient(domain_id, NAMESPACE, outputs, node_name='structflow_demo_camera')
         result['client'] = client
         print(f'waiting for the depth node (log: {node.log_path}) ...', file=sys.stderr)
@@ -358,12 +367,12 @@ def run(args, frames, weights, out, domain_id, progress):
                                  f'the run; its log ({node.log_path}):\n{node.log_tail()}')
     except KeyboardInterrupt:
         result['interrupted'] = True
-        if client is not None and result['published']:
-            result['summary'] = summarize_run(client, result['published'], None,
-                                              client.latest_diagnostics(), expect=outputs)
     finally:
-        code = node.stop()
-        result['node_exit_code'] = code
+        result['node_exit_code'] = node.stop()
+        if result['interrupted'] and client is not None and result['published']:
+            # What came back before the stop, with the node's last report for the counters.
+            result['summary'] = summarize_run(client, result['published'], before,
+                                              client.latest_diagnostics(), expect=outputs)
         if client is not None:
             client.close()
     return result
@@ -455,7 +464,7 @@ def compose(row, scale, with_error):
     return np.hstack(panels)
 
 
-def write_video(rows, path, fps, scale, with_error):
+def write_video(rows, path, fps, scale, with_error, bar=None):
     first = _even(compose(rows[0], scale, with_error))
     size = (first.shape[1], first.shape[0])
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), float(fps), size)
@@ -467,6 +476,8 @@ def write_video(rows, path, fps, scale, with_error):
             if (image.shape[1], image.shape[0]) != size:  # a source whose size changes
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             writer.write(image)
+            if bar is not None:
+                bar.update(1)
     finally:
         writer.release()
 
@@ -542,7 +553,8 @@ def latency_markdown(summary, rate, outputs):
         f"| end-to-end latency, image stamp -> depth received, p50 / p95 / max | "
         f"{_fmt(s['e2e_ms_p50'])} / {_fmt(s['e2e_ms_p95'])} / {_fmt(s['e2e_ms_max'])} ms |",
         f"| image stamp -> last of {', '.join(outputs)} received, p50 / p95 | "
-        f"{_fmt(s['e2e_all_outputs_ms_p50'])} / {_fmt(s['e2e_all_outputs_ms_p95'])} ms |",
+        f"{_fmt(s['e2e_all_outputs_ms_p50'])} / {_fmt(s['e2e_all_outputs_ms_p95'])} ms "
+        f"({s['all_outputs_received']} frames with every output) |",
         f"| node: model inference p50 / p95 | {_fmt(s['node_inference_ms_p50'])} / "
         f"{_fmt(s['node_inference_ms_p95'])} ms |",
         f"| node: own overhead (its work - model), p50 / p95 | "
@@ -566,12 +578,14 @@ def write_report(out, args, frames, result, run_info, progress):
     if rows:
         with_error = any(row['metrics'] is not None for row in rows)
         scale = max(1, math.ceil(DISPLAY_MIN_HEIGHT / frames[0].rgb.shape[0]))
-        bar = _bar(progress, 1, 'report', 'video')
-        write_video(rows, out / 'demo.mp4', args.rate, scale, with_error)
-        bar.update(1)
-        bar.close()
-        title = (f"structflow demo: {run_info['input'].get('domain') or run_info['input'].get('name', '')}"
-                 f", {len(rows)} frames, e2e p50 {_fmt(summary['e2e_ms_p50'])} ms")
+        bar = _bar(progress, len(rows), 'report video', 'frame')
+        try:
+            write_video(rows, out / 'demo.mp4', args.rate, scale, with_error, bar)
+        finally:
+            bar.close()
+        name = run_info['input'].get('domain') or run_info['input'].get('name', '')
+        title = (f'structflow demo: {name}, {len(rows)} frames, e2e p50 '
+                 f"{_fmt(summary['e2e_ms_p50'])} ms")
         write_sheet(rows, out / 'sheet.png', scale, with_error, title)
         files.update(video=str(out / 'demo.mp4'), sheet=str(out / 'sheet.png'))
     metrics = metrics_report(rows)
@@ -583,7 +597,7 @@ def write_report(out, args, frames, result, run_info, progress):
         f"{run_info['ros_domain_id']}, weights {run_info['weights']}\n\n{table}\n\n"
         'End-to-end latency is measured in one process (camera and viewer share the wall '
         'clock): publish stamp -> depth message received. Node timings come from its '
-        '/diagnostics (last 300 frames, including 2 warm-up frames).\n')
+        '/diagnostics (its last 300 frames, the warm-up frames included).\n')
     latency = dict(summary)
     latency['run'] = run_info
     (out / 'latency.json').write_text(json.dumps(_clean(latency), indent=1))
@@ -650,10 +664,12 @@ def main(args):
     try:
         from structflow_ros.ros.depth_client import NodeStartError
         try:
-            frames = load_frames(demo_input, args.max_width, progress)
-            run_info['frame_size'] = 'x'.join(map(str, frames[0].rgb.shape[1::-1]))
             start = time.monotonic()
-            result = run(args, frames, weights, out, domain_id, progress)
+            result = run(args, lambda: load_frames(demo_input, args.max_width, progress),
+                         weights, out, domain_id, progress)
+            frames = result['frames']
+            if frames:
+                run_info['frame_size'] = 'x'.join(map(str, frames[0].rgb.shape[1::-1]))
             run_info['node_command'] = result.get('node_command')
             run_info['seconds'] = round(time.monotonic() - start, 1)
         except DemoInputError as error:
@@ -665,7 +681,8 @@ def main(args):
                   f'{node_failure_summary(text)}', file=sys.stderr)
             started_ok = 'before it served anything' not in text
             return EXIT_FAILED if started_ok else EXIT_BAD_INPUT
-        if result['summary'] is None or result['summary']['depth_received'] == 0:
+        if frames is None or result['summary'] is None or (
+                result['summary']['depth_received'] == 0):
             print(f"structflow demo: {'interrupted; ' if result['interrupted'] else ''}no "
                   f'depth came back from the node; its log: {out / "node.log"}',
                   file=sys.stderr)

@@ -1,0 +1,78 @@
+"""`structflow bench node` at a tiny size: the table has the right rows and sane values.
+
+Timings are not asserted (a shared 2-core machine is noisy); the lead measures the README
+numbers on a quiet machine. Each case starts its own node process over real DDS.
+"""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from structflow_ros.cli import bench_node
+from structflow_ros.core.checkpoint import save_checkpoint
+from structflow_ros.core.config import ModelConfig
+from structflow_ros.core.networks import build_model
+
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(height=64, width=96, flow_branch=False, pose_branch=False))
+    return save_checkpoint(tmp_path / 'tiny.pt', model, half=True)
+
+
+def test_two_cases_give_a_table_with_sane_values(ros_env, tmp_path, tiny_weights):
+    result_path = tmp_path / 'bench.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'structflow_ros.cli.bench_node', '--sizes', '96x64', '--rates',
+         '10', '--points', 'off,on', '--duration', '2', '--model-repeats', '5', '--weights',
+         str(tiny_weights), '--log-dir', str(tmp_path / 'logs'), '--json', str(result_path),
+         '--no-progress'],
+        env=ros_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    header = '| ' + ' | '.join(bench_node.COLUMNS) + ' |'
+    lines = done.stdout.splitlines()
+    assert header in lines
+    table = lines[lines.index(header) + 2:lines.index(header) + 4]
+    assert [line.split(' | ')[:3] for line in table] == [['| 96x64', '10', 'off'],
+                                                          ['| 96x64', '10', 'on']]
+    assert any(line.startswith('target (node overhead p50 <= 3 ms') for line in lines)
+
+    result = json.loads(result_path.read_text())
+    assert result['threads'] == torch.get_num_threads() or result['threads'] > 0
+    assert [row['points'] for row in result['rows']] == [False, True]
+    for row in result['rows']:
+        assert row['camera'] == '96x64' and row['camera_hz'] == 10
+        assert row['frames_sent'] == 20
+        assert 0 < row['depth_received'] <= row['frames_sent']
+        assert row['depth_received'] + row['dropped_by_node'] + row['frames_lost'] == 20
+        assert 0 < row['e2e_ms_p50'] <= row['e2e_ms_p95']
+        assert row['output_rate_hz'] > 0
+        assert row['bare_model_ms_p50'] > 0 and row['node_inference_ms_p50'] > 0
+        # The node's own work on a frame includes the model call, so overhead >= 0.
+        assert 0 <= row['node_overhead_ms_p50'] <= row['node_overhead_ms_p95']
+        assert math.isclose(row['e2e_minus_bare_ms_p50'],
+                            row['e2e_ms_p50'] - row['bare_model_ms_p50'])
+    # With points on, the point cloud came back for the frames as well.
+    assert result['rows'][1]['e2e_all_outputs_ms_p50'] >= result['rows'][1]['e2e_ms_p50']
+    assert len(result['bare_model_ms']['96x64']) == 2  # timed again before each case
+
+
+def test_missing_weights_exit_2(tmp_path, capsys):
+    args = bench_node.get_args_parser().parse_args(
+        ['--weights', str(tmp_path / 'missing.pt'), '--no-progress'])
+    assert bench_node.main(args) == 2
+    assert f"weights {tmp_path / 'missing.pt'} do not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv', [['--sizes', '320by96'], ['--rates', '0'],
+                                  ['--points', 'maybe']])
+def test_bad_options_are_refused_naming_what_is_accepted(argv, capsys):
+    with pytest.raises(SystemExit):
+        bench_node.get_args_parser().parse_args(argv)
+    assert 'must be a comma-separated list of' in capsys.readouterr().err
