@@ -68,7 +68,8 @@ def main(args):
     out.mkdir(parents=True, exist_ok=True)
     size = ['--height', str(args.height), '--width', str(args.width)]
     common = size + ['--threads', str(args.threads), '--no-progress']
-    real_clips = sorted(str(p) for p in SHARED.glob('kitti_odometry_clips/KITTI_sequence_*/image_l'))
+    real_clips = sorted(str(p) for p in
+                        SHARED.glob('kitti_odometry_clips/KITTI_sequence_*/image_l'))
     available = {'flow-synthetic': TRAIN_SYNTHETIC}
     if real_clips:
         available['flow-synthetic+real'] = TRAIN_SYNTHETIC + real_clips
@@ -112,8 +113,8 @@ def main(args):
         results.append({'start': start_name, 'labels': label_name, 'seed': seed,
                         'flow_weight': flow_weight,
                         'grad_cosine': final.get('eval/grad_cosine_depth_flow'),
-                        'depth': {name: entry['model'] for name, entry in report['depth'].items()},
-                        'floor': {name: entry['floor'] for name, entry in report['depth'].items()}})
+                        'depth': {name: e['model'] for name, e in report['depth'].items()},
+                        'floor': {name: e['floor'] for name, e in report['depth'].items()}})
     (out / 'results.json').write_text(json.dumps(results, indent=2))
     write_docs(results, args, Path(args.docs), list(dict.fromkeys(r['start'] for r in results)))
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write models/MODEL_CARD.md from a default-weights run (called by scripts/train_default.sh).
 
-  .venv/bin/python scripts/write_model_card.py --run runs/default --model models/structflow_default.pt
+  .venv/bin/python scripts/write_model_card.py --run runs/default \
+      --model models/structflow_default.pt
 """
 import argparse
 import json

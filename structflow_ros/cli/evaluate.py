@@ -26,7 +26,8 @@ def get_args_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', default='', help='checkpoint (default: the shipped model)')
     parser.add_argument('--synthetic', nargs='*', default=None,
-                        help=f'DOMAIN[:FRAMES[:SEED]] sets (default {" ".join(DEFAULT_SYNTHETIC)})')
+                        help='DOMAIN[:FRAMES[:SEED]] sets (default '
+                             f'{" ".join(DEFAULT_SYNTHETIC)})')
     parser.add_argument('--real', action='store_true',
                         help='the KITTI/NYU/TUM frames and RubberWhale of ../shared/data')
     parser.add_argument('--shared-data', default='', help='shared data folder (default: '

@@ -3,7 +3,6 @@
 Subcommands are imported lazily so that `structflow render --help` does not pay for torch or
 rclpy imports it does not need.
 """
-import argparse
 import importlib
 import sys
 
@@ -38,11 +37,12 @@ def main(argv=None):
         print(f"structflow: unknown command '{name}'; choose from: {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
+    # argparse names programs (and subcommands' usage lines) after sys.argv[0].
+    sys.argv[0] = f'structflow {name}'
     module = _load(name)
     if name == 'node':
         return module.main(['structflow_node'] + rest)
     parser = module.get_args_parser()
-    parser.prog = f'structflow {name}'
     args = parser.parse_args(rest)
     result = module.main(args)
     return int(result or 0)

@@ -133,7 +133,7 @@ def read_checkpoint(path, map_location='cpu'):
 
 
 def load_state_strict(model, state_dict, modules=None, source='checkpoint'):
-    """Copy `state_dict` into `model` (or its named `modules`); any key or shape mismatch raises."""
+    """Copy `state_dict` into `model` (or its named `modules`); any key/shape mismatch raises."""
     names = list(modules) if modules is not None else model.module_names()
     for name in names:
         module = getattr(model, name, None)

@@ -32,7 +32,8 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder '{self.encoder}'; choose from {', '.join(ENCODERS)}")
+            raise ValueError(f"unknown encoder '{self.encoder}'; choose from "
+                             f"{', '.join(ENCODERS)}")
         for name in ('height', 'width'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < MIN_SIZE or value % SIZE_MULTIPLE:
@@ -43,7 +44,8 @@ class ModelConfig:
         if self.motion_dim < 1:
             raise ValueError(f'motion_dim must be positive, got {self.motion_dim}')
         if not 0 < self.min_depth < self.max_depth:
-            raise ValueError(f'need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}')
+            raise ValueError(f'need 0 < min_depth < max_depth, got {self.min_depth}, '
+                             f'{self.max_depth}')
 
     def to_dict(self):
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Networks of the geometric-pretraining model (Wang et al., ICRA 2020), written without torchvision.
+"""Networks of the geometric-pretraining model (Wang et al., ICRA 2020), without torchvision.
 
 The Y-shaped model: one structure encoder (ResNet, frame t alone) feeds a depth decoder and, with a
 128-d motion latent from a two-frame motion encoder joined at the bottleneck, a flow decoder.
@@ -35,7 +35,7 @@ def check_divisible(image, multiple=SIZE_MULTIPLE):
         raise ValueError(
             f'network input {height}x{width} (HxW) is not a multiple of {multiple}; pad it '
             f'(structflow_ros.core.inference.pad_to_multiple) or resize to e.g. '
-            f'{height // multiple * multiple or multiple}x{width // multiple * multiple or multiple}')
+            f'{-(-height // multiple) * multiple}x{-(-width // multiple) * multiple}')
 
 
 class BasicBlock(nn.Module):
@@ -115,8 +115,11 @@ class StructureEncoder(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_ch_enc = (64,) + tuple(c * block.expansion for c in (64, 128, 256, 512))
-        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Not persistent: constants, not weights (checkpoints hold only learned values).
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+                             persistent=False)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
@@ -147,13 +150,15 @@ class TwoFrameEncoder(nn.Module):
         self.head = nn.Linear(in_channels, out_dim)
 
     def forward(self, frame0, frame1):
-        pair = torch.cat([normalize_image(frame0), normalize_image(frame1)], 1) - 0.45  # (B, 6, H, W)
-        pooled = self.convs(pair).mean(dim=(2, 3))  # (B, C)
+        # Centred roughly on mid-grey, as SfMLearner/monodepth2's pose networks do.
+        pair = torch.cat([normalize_image(frame0), normalize_image(frame1)], 1) - 0.45
+        # (B, 6, H, W) -> (B, C, h, w) -> (B, C)
+        pooled = self.convs(pair).mean(dim=(2, 3))
         return self.head(pooled)
 
 
 class MotionEncoder(TwoFrameEncoder):
-    """Squeezes the motion between two frames (ego-motion + moving objects) into a latent vector."""
+    """Squeezes the motion between two frames (ego-motion, moving objects) into one vector."""
 
     def __init__(self, motion_dim=128):
         super().__init__(motion_dim)
@@ -237,7 +242,7 @@ class FlowDecoder(UNetDecoder):
 
 
 def disp_to_depth(disp, min_depth, max_depth):
-    """Map sigmoid disparity to (scaled disparity, depth) in [min_depth, max_depth] (monodepth2)."""
+    """Sigmoid disparity -> (scaled disparity, depth) in [min_depth, max_depth] (monodepth2)."""
     min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
     scaled_disp = min_disp + (max_disp - min_disp) * disp
     return scaled_disp, 1.0 / scaled_disp

@@ -81,7 +81,7 @@ def _atomic_write_json(path, payload):
 
 
 class Trainer:
-    """Runs `train_step` for `loop.steps` steps on batches from `make_batches(rank, world_size)`."""
+    """Runs `train_step` for `loop.steps` steps on `make_batches(rank, world_size)` batches."""
 
     def __init__(self, model, make_batches, loop: LoopConfig, step_config, run: RunSpec,
                  evaluate=None, log=print):
@@ -186,7 +186,8 @@ class Trainer:
                     if bad_steps >= loop.max_bad_steps:
                         raise TrainingStopped(
                             f'stopped at step {self.step}: {bad_steps} consecutive steps with a '
-                            f"non-finite loss or gradient ({metrics.get('reason', 'on another rank')}); "
+                            'non-finite loss or gradient '
+                            f"({metrics.get('skip_reason', 'on another rank')}); "
                             f'the last good checkpoint is kept at {self.checkpoint_path}')
                     continue
                 bad_steps = 0
@@ -221,7 +222,8 @@ class Trainer:
                 progress.close()
         summary = {
             'stage': self.run_spec.stage, 'steps': self.step, 'world_size': self.dist.world_size,
-            'wall_time_s': round(time.time() - started, 1), 'checkpoint': str(self.checkpoint_path),
+            'wall_time_s': round(time.time() - started, 1),
+            'checkpoint': str(self.checkpoint_path),
             'trained_on': self.run_spec.trained_on, 'final_metrics': last_metrics,
             'model_config': self.model.config.to_dict(), 'loop': asdict(loop),
         }
