@@ -21,6 +21,7 @@ for f in package.xml launch/depth.launch.py config/structflow.yaml; do
 done
 test -e "$ws/install/structflow/share/ament_index/resource_index/packages/structflow"
 ls "$ws/install/structflow/lib/structflow/depth_node" >/dev/null
+# The same tests as `make test` (COLCON_PYTEST_ARGS='-m "not slow"' narrows them).
 colcon test --packages-select structflow --build-base "$ws/build" --install-base "$ws/install" \
-  --event-handlers console_direct+ --pytest-args ${COLCON_PYTEST_ARGS:--m "not slow"}
+  --event-handlers console_direct+ ${COLCON_PYTEST_ARGS:+--pytest-args $COLCON_PYTEST_ARGS}
 colcon test-result --test-result-base "$ws/build" --verbose
