@@ -107,10 +107,15 @@ def bench_model(args):
     batch = {'frame0': torch.rand(4, 3, height, width, device=device),
              'frame1': torch.rand(4, 3, height, width, device=device)}
     config = TrainStepConfig(depth_supervised_weight=0.0, depth_selfsup_weight=0.0)
-    median, best = _median_ms(lambda: train_step(model, batch, optimizer, config),
-                              args.train_repeats, 1, sync)
-    rows.append({'case': f'flow-branch train step {width}x{height} b4', 'median_ms':
-                 f'{median:.1f}', 'min_ms': f'{best:.1f}', 'repeats': args.train_repeats})
+    # The trainer runs channels_last; the contiguous row shows what that layout buys.
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = model.to(memory_format=layout)
+        median, best = _median_ms(lambda: train_step(model, batch, optimizer, config),
+                                  args.train_repeats, 1, sync)
+        name = 'channels_last' if layout == torch.channels_last else 'contiguous'
+        rows.append({'case': f'flow-branch train step {width}x{height} b4 {name}',
+                     'median_ms': f'{median:.1f}', 'min_ms': f'{best:.1f}',
+                     'repeats': args.train_repeats})
     peak = {'peak_rss_mb': round(_peak_rss_mb(), 1)}
     if device.type == 'cuda':
         peak['peak_cuda_mb'] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
