@@ -133,3 +133,12 @@ def test_evaluate_real_frames(shared_data, finetuned, tmp_path):
     assert report['depth']['real_kitti']['garg_crop'] is True
     rubber = report['flow']['real_rubberwhale']
     assert rubber['zero']['epe'] == pytest.approx(1.256, abs=0.01)
+
+
+def test_pretrain_reports_flow_epe_on_held_out_sets(shared_data, tmp_path):
+    out = tmp_path / 'pe'
+    assert run(pretrain, ['--data', 'synthetic:day:6:1', '--eval', 'synthetic:fog:3:2',
+                          'rubberwhale', '--steps', '1', '--out', str(out)] + TINY) == 0
+    final = json.loads((out / 'summary.json').read_text())['final_metrics']
+    assert final['eval/zero_flow_epe/rubberwhale'] == pytest.approx(1.256, abs=0.01)
+    assert final['eval/flow_epe/fog'] > 0 and final['eval/flow_epe/rubberwhale'] > 0

@@ -32,7 +32,8 @@ def get_args_parser():
                         help='videos, image folders, bags, render folders, '
                              'synthetic:DOMAIN[:FRAMES[:SEED]]')
     parser.add_argument('--eval', nargs='*', default=[],
-                        help='held-out synthetic:DOMAIN[:FRAMES[:SEED]] specs for flow EPE')
+                        help='held-out sets for flow EPE: synthetic:DOMAIN[:FRAMES[:SEED]] '
+                             'and/or rubberwhale (Middlebury, from ../shared/data)')
     parser.add_argument('--init', default='', help='start from this checkpoint (flow modules)')
     parser.add_argument('--strides', default='1,2', help='frame gaps to sample pairs from')
     parser.add_argument('--census', action='store_true', help='census instead of SSIM+L1')
@@ -45,14 +46,20 @@ def get_args_parser():
     return parser
 
 
-def flow_eval_pairs(specs, height, width):
-    pairs = []
+def flow_eval_sets(specs, height, width):
+    """name -> [(rgb0, rgb1, flow_gt, valid)] for each --eval spec."""
+    sets = {}
     for spec in specs:
+        if spec == 'rubberwhale':
+            from structflow_ros.data.shared_data import load_rubberwhale
+            pair = load_rubberwhale()  # SharedDataError (an OSError) names the folder
+            sets['rubberwhale'] = [(pair.frame0, pair.frame1, pair.flow, pair.valid)]
+            continue
         parsed = datasets.SyntheticSpec.parse(spec)
         frames = datasets.render_synthetic(parsed, height, width)
-        for first, second in zip(frames[:-1], frames[1:]):
-            pairs.append((first.rgb, second.rgb, first.flow, first.flow_valid))
-    return pairs
+        sets[parsed.domain] = [(a.rgb, b.rgb, a.flow, a.flow_valid)
+                               for a, b in zip(frames[:-1], frames[1:])]
+    return sets
 
 
 def main(args):
@@ -63,7 +70,7 @@ def main(args):
         strides = tuple(int(s) for s in args.strides.split(','))
         dataset = datasets.pair_dataset(args.data, config.height, config.width, args.seed,
                                         strides=strides)
-        eval_pairs = flow_eval_pairs(args.eval, config.height, config.width)
+        eval_sets = flow_eval_sets(args.eval, config.height, config.width)
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
         model = build_model(config)
         if args.init:
@@ -80,12 +87,14 @@ def main(args):
         return cli_common.fail('pretrain', error)
 
     def evaluate(net):
-        if not eval_pairs:
-            return {}
-        results = evaluate_flow(net, eval_pairs, device=next(net.parameters()).device,
-                                references=('zero',))
-        return {'flow_epe': results['model']['epe'], 'flow_fl_all': results['model']['fl_all'],
-                'zero_flow_epe': results['zero']['epe']}
+        metrics = {}
+        for name, pairs in eval_sets.items():
+            results = evaluate_flow(net, pairs, device=next(net.parameters()).device,
+                                    references=('zero',))
+            metrics.update({f'flow_epe/{name}': results['model']['epe'],
+                            f'flow_fl_all/{name}': results['model']['fl_all'],
+                            f'zero_flow_epe/{name}': results['zero']['epe']})
+        return metrics
 
     run = RunSpec(stage='pretrain', trained_on=[str(d) for d in args.data],
                   trainable_modules=FLOW_MODULES, saved_modules=FLOW_MODULES,
