@@ -126,6 +126,12 @@ def _stat(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def collapsed(result):
+    """A run whose prediction became one depth everywhere: its metrics equal the floor's."""
+    return all(abs(result['depth'][s]['abs_rel'] - result['floor'][s]['abs_rel']) < 1e-6
+               for s in result['depth'])
+
+
 def write_docs(results, args, docs, start_names):
     docs.mkdir(parents=True, exist_ok=True)
     sets = sorted(results[0]['depth'])
@@ -137,11 +143,14 @@ def write_docs(results, args, docs, start_names):
         f'the supervised scale-invariant loss plus the joint flow loss, seeds {args.seeds}, '
         f'few labels = {args.few_labels} labelled frames per sequence, all = every frame). '
         'Mean ± std over seeds; median scaling per frame; the constant-depth floor is what a '
-        'model that predicts one depth everywhere gets on the same frames.',
+        'model that predicts one depth everywhere gets on the same frames. A run is counted as '
+        '*collapsed* when its prediction became one depth everywhere (every metric equals the '
+        "floor's): the depth decoder's sigmoid saturated, so no gradient could bring it back.",
         '']
     for set_name in sets:
         lines += [f'## {set_name}', '',
-                  '| start | labels | AbsRel | RMSE | δ<1.25 |', '|---|---|---|---|---|']
+                  '| start | labels | AbsRel | RMSE | δ<1.25 | collapsed runs | AbsRel without '
+                  'collapsed |', '|---|---|---|---|---|---|---|']
         for label_name in ('few', 'all'):
             for start in start_names:
                 rows = [r for r in results if r['start'] == start and r['labels'] == label_name]
@@ -151,10 +160,14 @@ def write_docs(results, args, docs, start_names):
                 for key in METRICS:
                     mean, std = _stat([r['depth'][set_name][key] for r in rows])
                     cells.append(f'{mean:.3f} ± {std:.3f}')
+                healthy = [r['depth'][set_name]['abs_rel'] for r in rows if not collapsed(r)]
+                mean, std = _stat(healthy)
+                cells += [f'{len(rows) - len(healthy)} of {len(rows)}',
+                          f'{mean:.3f} ± {std:.3f}' if healthy else '-']
                 lines.append(f'| {start} | {label_name} | ' + ' | '.join(cells) + ' |')
         floor = results[0]['floor'][set_name]
         lines.append(f'| constant-depth floor | - | {floor["abs_rel"]:.3f} | {floor["rmse"]:.3f} '
-                     f'| {floor["a1"]:.3f} |')
+                     f'| {floor["a1"]:.3f} | | |')
         lines.append('')
     lines += ['## Gradient agreement on the shared encoder (held-out fog)', '',
               'Cosine between the supervised depth-loss gradient and the flow-loss gradient on '
