@@ -22,7 +22,7 @@ from structflow_ros.core.checkpoint import CheckpointError, load_state_strict, r
 from structflow_ros.core.networks import build_model
 from structflow_ros.core.training import TrainStepConfig
 from structflow_ros.training import cli_common, datasets
-from structflow_ros.training.trainer import RunSpec, Trainer, TrainingStopped
+from structflow_ros.training.trainer import RunSpec
 
 
 def get_args_parser():
@@ -137,15 +137,6 @@ def main(args):
                   trainable_modules=tuple(trainable),
                   extra={'init': args.init or 'scratch', 'loaded_modules': loaded,
                          'labels_per_sequence': args.labels, 'joint_flow': joint_flow})
-    try:
-        trainer = Trainer(model, lambda rank, world: datasets.depth_batches(
+    return cli_common.run_training(
+        'finetune', model, lambda rank, world: datasets.depth_batches(
             dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
-    except (ValueError, OSError) as error:  # e.g. --resume from another architecture
-        return cli_common.fail('finetune', error)
-    try:
-        summary = trainer.run()
-    except TrainingStopped as error:
-        return cli_common.fail('finetune', error)
-    finally:
-        trainer.close()
-    return cli_common.finish(summary if trainer.dist.is_main else None, 'finetune')

@@ -19,7 +19,7 @@ from structflow_ros.core.losses import FlowLossConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.core.training import TrainStepConfig
 from structflow_ros.training import cli_common, datasets
-from structflow_ros.training.trainer import RunSpec, Trainer, TrainingStopped
+from structflow_ros.training.trainer import RunSpec
 
 FLOW_MODULES = ('structure_encoder', 'motion_encoder', 'flow_decoder')
 
@@ -99,15 +99,6 @@ def main(args):
     run = RunSpec(stage='pretrain', trained_on=[str(d) for d in args.data],
                   trainable_modules=FLOW_MODULES, saved_modules=FLOW_MODULES,
                   extra={'data': list(args.data)})
-    try:
-        trainer = Trainer(model, lambda rank, world: datasets.infinite_batches(
+    return cli_common.run_training(
+        'pretrain', model, lambda rank, world: datasets.infinite_batches(
             dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
-    except (ValueError, OSError) as error:  # e.g. --resume from another architecture
-        return cli_common.fail('pretrain', error)
-    try:
-        summary = trainer.run()
-    except TrainingStopped as error:
-        return cli_common.fail('pretrain', error)
-    finally:
-        trainer.close()
-    return cli_common.finish(summary if trainer.dist.is_main else None, 'pretrain')

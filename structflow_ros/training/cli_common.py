@@ -3,7 +3,7 @@ import json
 import sys
 
 from structflow_ros.core.config import ENCODERS, ModelConfig
-from structflow_ros.training.trainer import LoopConfig
+from structflow_ros.training.trainer import LoopConfig, Trainer, TrainingStopped
 
 
 def add_model_args(parser):
@@ -57,3 +57,22 @@ def finish(summary, command):
 def fail(command, error):
     print(f'structflow {command}: {error}', file=sys.stderr)
     return 2
+
+
+def run_training(command, model, make_batches, loop, step_config, run, evaluate):
+    """Build the Trainer, run it, print the summary (rank 0); returns the exit code.
+
+    Setup errors (e.g. --resume from another architecture) and a stopped run (persistent
+    non-finite losses) print one line naming the cause and return 2.
+    """
+    try:
+        trainer = Trainer(model, make_batches, loop, step_config, run, evaluate)
+    except (ValueError, OSError) as error:
+        return fail(command, error)
+    try:
+        summary = trainer.run()
+    except TrainingStopped as error:
+        return fail(command, error)
+    finally:
+        trainer.close()
+    return finish(summary if trainer.dist.is_main else None, command)
