@@ -32,6 +32,10 @@ def generate_launch_description():
         DeclareLaunchArgument('device', default_value='auto',
                               description='Torch device: auto, cpu, cuda or cuda:N (overrides '
                                           'params_file)'),
+        DeclareLaunchArgument('backend', default_value='auto',
+                              description='How the network runs: auto, eager, bf16, fp16, '
+                                          'onnxruntime, openvino or tensorrt (overrides '
+                                          'params_file)'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='Start RViz with the depth image and point cloud'),
         DeclareLaunchArgument('rviz_config',
@@ -47,7 +51,8 @@ def generate_launch_description():
         name='depth_node',
         namespace=LaunchConfiguration('namespace'),
         parameters=[LaunchConfiguration('params_file'),
-                    {'device': LaunchConfiguration('device')}],
+                    {'device': LaunchConfiguration('device'),
+                     'backend': LaunchConfiguration('backend')}],
         remappings=[('image', LaunchConfiguration('camera')),
                     ('camera_info', LaunchConfiguration('camera_info'))],
         output='screen',

@@ -31,7 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO_ROOT / 'launch' / 'depth.launch.py'
 PARAMS_FILE = REPO_ROOT / 'config' / 'structflow.yaml'
 RVIZ_FILE = REPO_ROOT / 'config' / 'structflow.rviz'
-REQUIRED_ARGUMENTS = {'camera', 'camera_info', 'namespace', 'params_file', 'device', 'rviz'}
+REQUIRED_ARGUMENTS = {'camera', 'camera_info', 'namespace', 'params_file', 'device', 'backend',
+                      'rviz'}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +212,8 @@ def test_node_parameters_remaps_and_namespace(description, declared_parameters):
     config = dict(description.defaults)
     params_file, overrides = node.kwargs['parameters']
     assert Path(resolve(params_file, config)) == PARAMS_FILE
-    assert {key: resolve(value, config) for key, value in overrides.items()} == {'device': 'auto'}
+    assert {key: resolve(value, config) for key, value in overrides.items()} == {'device': 'auto',
+                                                                          'backend': 'auto'}
     remaps = {source: resolve(target, config) for source, target in node.kwargs['remappings']}
     assert remaps == {'image': '/camera/image_raw', 'camera_info': '/camera/camera_info'}
     _, topics = declared_parameters

@@ -30,7 +30,7 @@ from structflow_ros.ros.frame_slot import LatestFrameSlot
 from structflow_ros.ros.params import PARAMETERS, validate
 from structflow_ros.ros.scaling import (DepthScaler, GroundFitConfig, ScaleUnavailable,
                                         fit_ground_plane)
-from structflow_ros.ros.serving import ServedModel, read_serving_checkpoint
+from structflow_ros.online.server import ServedModel, read_serving_checkpoint
 
 TINY = dict(height=64, width=96)
 
@@ -472,26 +472,30 @@ def test_node_refuses_bad_parameters_and_keeps_the_old_value(in_process_node):
 
 def test_node_swaps_published_weights_between_frames(in_process_node, tmp_path):
     node = in_process_node
-    old_served = node._served
+    old_served = node.server.served
     old_params = {k: v.clone() for k, v in old_served.predictor.model.state_dict().items()}
     torch.manual_seed(5)
     trained = build_model(ModelConfig(**TINY))  # full model, as the adaptation thread holds
     version = node.weight_store.publish(trained.state_dict(), {
         'model_config': trained.config, 'path': 'adaptation'})
     deadline = time.monotonic() + 10
-    while node._served.version != version and time.monotonic() < deadline:
+    while node.server.served.version != version and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert node._served.version == version == 2
-    assert node._served.predictor.model is not old_served.predictor.model
+    assert node.server.served.version == version == 2
+    assert node.server.served.predictor.model is not old_served.predictor.model
     for key, value in old_served.predictor.model.state_dict().items():
         assert torch.equal(value, old_params[key]), f'served module was mutated at {key}'
     assert node.diagnostics_snapshot()['serving_version'] == 2
     # A version that does not fit is not served; the node keeps the current one.
     node.weight_store.publish({'nonsense': torch.zeros(1)}, {'model_config': trained.config})
     deadline = time.monotonic() + 10
-    while node._swap_error[0] != 3 and time.monotonic() < deadline:
+    while node.server.swap_error[0] != 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert node._swap_error[0] == 3 and node._served.version == 2
+    assert node.server.swap_error[0] == 3 and node.server.served.version == 2
+    # The converter survives a bad version: the next good one is served.
+    version = node.weight_store.publish(trained.state_dict(), {'model_config': trained.config})
+    assert node.server.wait_until_serving(version, 10.0) == (True, '')
+    assert node.server.served.version == 4
 
 
 def test_destroy_node_leaves_no_thread(ros_env, tiny_weights):
@@ -501,7 +505,8 @@ def test_destroy_node_leaves_no_thread(ros_env, tiny_weights):
     try:
         node = DepthNode(context=context, parameter_overrides=[
             Parameter('weights', value=str(tiny_weights))])
-        assert [t.name for t in node_threads()] == ['structflow-inference']
+        assert sorted(t.name for t in node_threads()) == ['structflow-converter',
+                                                          'structflow-inference']
         node.destroy_node()
         assert node_threads() == []
     finally:
@@ -510,7 +515,7 @@ def test_destroy_node_leaves_no_thread(ros_env, tiny_weights):
 
 def test_ros_free_modules_do_not_import_rclpy(ros_env):
     code = ('import sys; import structflow_ros.online, structflow_ros.ros.scaling, '
-            'structflow_ros.ros.frame_slot, structflow_ros.ros.serving; '
+            'structflow_ros.ros.frame_slot, structflow_ros.core.backends; '
             "bad = [m for m in sys.modules if m.startswith(('rclpy', 'sensor_msgs'))]; "
             'assert not bad, bad')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

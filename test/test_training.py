@@ -68,10 +68,12 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_overfit_flow_on_a_synthetic_pair_cuts_epe_5x():
-    """80 flow-loss steps on one pair with a known smooth flow field (fixed seed, CPU)."""
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_overfit_flow_on_a_synthetic_pair_cuts_epe_5x(precision):
+    """80 flow-loss steps on one pair with a known smooth flow field (fixed seed, CPU), in
+    float32 and with the bf16 autocast forward the trainer uses on CPUs with bf16 units."""
     frame0, frame1, true_flow = smooth_flow_pair()
-    model = make_model(pose_branch=False)
+    model = make_model(pose_branch=False).to(memory_format=torch.channels_last)
 
     def epe():
         model.eval()
@@ -81,15 +83,16 @@ def test_overfit_flow_on_a_synthetic_pair_cuts_epe_5x():
         return float((predicted - true_flow).norm(dim=1).mean())
 
     initial = epe()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = training.make_optimizer(model.parameters(), 1e-3, 'cpu')
     batch = {'frame0': frame0, 'frame1': frame1}
     start = time.perf_counter()
     for step in range(80):
-        metrics = train_step(model, batch, optimizer, TrainStepConfig(), step=step)
+        metrics = train_step(model, batch, optimizer, TrainStepConfig(precision=precision),
+                             step=step)
         assert metrics['skipped'] == 0
     final = epe()
-    print(f'overfit: EPE {initial:.3f} -> {final:.3f} px (ratio {initial / final:.1f}x) in '
-          f'{time.perf_counter() - start:.1f} s')
+    print(f'overfit ({precision}): EPE {initial:.3f} -> {final:.3f} px (ratio '
+          f'{initial / final:.1f}x) in {time.perf_counter() - start:.1f} s')
     assert initial > 2.0  # the untrained network predicts near-zero flow
     assert final * 5 < initial
 
@@ -226,3 +229,31 @@ def test_grad_cosine_similarity_between_depth_and_flow():
         grad_cosine_similarity(model, batch, loss_a='photometric')
     with pytest.raises(ValueError, match='did not run'):
         grad_cosine_similarity(model, {'frame0': batch['frame0'], 'frame1': batch['frame1']})
+
+
+def test_precision_choices_and_float16_without_scaler_refused():
+    assert training.resolve_precision('float32', 'cpu') == 'float32'
+    assert training.resolve_precision('auto', 'cpu') in ('float32', 'bfloat16')
+    with pytest.raises(ValueError, match='auto, float32, bfloat16, float16'):
+        training.resolve_precision('half', 'cpu')
+    with pytest.raises(ValueError, match='precision'):
+        TrainStepConfig(precision='fp8')
+    model = make_model(pose_branch=False)
+    frame0, frame1, _ = smooth_flow_pair()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match='GradScaler'):
+        train_step(model, {'frame0': frame0, 'frame1': frame1}, optimizer,
+                   TrainStepConfig(precision='float16'))
+
+
+def test_bfloat16_forward_keeps_losses_float32_and_close_to_float32():
+    """Under bf16 autocast the losses are computed in float32 from the bf16 network outputs:
+    the loss agrees with the float32 one to bf16 precision and is a float32 tensor."""
+    model = make_model(pose_branch=False)
+    frame0, frame1, _ = smooth_flow_pair()
+    batch = {'frame0': frame0, 'frame1': frame1}
+    reference, _ = compute_losses(model, batch)
+    terms, _ = training._loss_terms(model, batch, TrainStepConfig(), 0,
+                                    torch.autocast('cpu', dtype=torch.bfloat16))
+    assert terms['flow'].dtype == torch.float32
+    assert float(terms['flow']) == pytest.approx(float(reference), rel=0.02)

@@ -115,7 +115,7 @@ def get_args_parser(add_help=True):
 # ----------------------------------------------------------------------------------------------
 def load_predictor(weights, device_name):
     from structflow_ros.core.inference import resolve_device
-    from structflow_ros.ros.serving import ServedModel, read_serving_checkpoint
+    from structflow_ros.online.server import ServedModel, read_serving_checkpoint
     state_dict, meta = read_serving_checkpoint(weights)
     return ServedModel.from_state(state_dict, meta, 1, resolve_device(device_name)).predictor
 

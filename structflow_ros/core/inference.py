@@ -1,6 +1,4 @@
 """Serving-side helpers: arbitrary input sizes and a depth predictor owned by one thread."""
-import threading
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,19 +47,28 @@ class DepthPredictor:
     """Runs the depth branch on single RGB frames; one instance per serving thread.
 
     `input_size` (H, W) is the size frames are resized to before the network (default: the
-    size the model was trained at); outputs are resized to `output_size` (default: input_size).
-    Depth is relative (the model's units) unless the caller scales it.
+    size the model was trained at); outputs are resized to `output_size` (default: the frame's
+    size). Depth is relative (the model's units) unless the caller scales it. `backend` picks
+    how the network runs (structflow_ros.core.backends); `self.backend` says what was chosen and
+    why. Preprocessing and postprocessing run on the device as tensor ops.
     """
 
-    def __init__(self, model, device='cpu', input_size=None, output_size=None):
+    def __init__(self, model, device='cpu', input_size=None, output_size=None, backend='eager'):
+        from structflow_ros.core.backends import choose_backend, serving_graph
+
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
-        self.model = model.to(self.device).eval()
+        self.model = model
         config = model.config
         self.input_size = tuple(input_size or (config.height, config.width))
         self.output_size = tuple(output_size) if output_size else None
         self.min_depth, self.max_depth = config.min_depth, config.max_depth
-        # Guards against a caller swapping weights while a frame is being computed.
-        self._lock = threading.Lock()
+        height, width = self.input_size
+        # The network sees the input padded to a multiple of 32; runtimes with static shapes
+        # are built for exactly that size.
+        self.network_size = (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE,
+                             -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        self.runner, self.backend = choose_backend(serving_graph(model), backend, self.device,
+                                                   self.network_size)
 
     def preprocess(self, rgb):
         """(H, W, 3) uint8 RGB numpy -> (1, 3, h, w) float [0, 1] tensor at the network size."""
@@ -70,6 +77,7 @@ class DepthPredictor:
             raise ValueError(f'expected an RGB image of shape (H, W, 3), got {shape}')
         if rgb.dtype != np.uint8:
             raise ValueError(f'expected uint8 RGB, got {rgb.dtype}')
+        # uint8 crosses to the device (4x fewer bytes than float), the rest runs there.
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
         tensor = tensor.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W)
         if tuple(tensor.shape[-2:]) != self.input_size:
@@ -78,20 +86,17 @@ class DepthPredictor:
         return tensor
 
     @torch.inference_mode()
+    def predict_disparity(self, image):
+        """Sigmoid disparity (1, 1, h, w) for a preprocessed (1, 3, h, w) image."""
+        padded, size = pad_to_multiple(image)
+        return crop_to(self.runner(padded), size)
+
+    @torch.inference_mode()
     def predict(self, rgb):
-        """Relative depth (h, w) float32 numpy for one RGB uint8 frame."""
-        image = self.preprocess(rgb)
-        with self._lock:
-            padded, size = pad_to_multiple(image)
-            disp = crop_to(self.model(padded)['disp'][0], size)  # (1, 1, h, w)
-        _, depth = disp_to_depth(disp, self.min_depth, self.max_depth)
+        """Relative depth (H_out, W_out) float32 numpy for one RGB uint8 frame."""
+        disp = self.predict_disparity(self.preprocess(rgb))
+        _, depth = disp_to_depth(disp.float(), self.min_depth, self.max_depth)
         out_size = self.output_size or (rgb.shape[0], rgb.shape[1])
         if tuple(depth.shape[-2:]) != tuple(out_size):
             depth = F.interpolate(depth, size=out_size, mode='bilinear', align_corners=False)
-        return depth[0, 0].float().cpu().numpy()
-
-    def swap_model(self, model):
-        """Replace the served model between two frames (the old module is never mutated)."""
-        model = model.to(self.device).eval()
-        with self._lock:
-            self.model = model
+        return depth[0, 0].cpu().numpy()

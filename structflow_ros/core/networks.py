@@ -199,7 +199,12 @@ class UNetDecoder(nn.Module):
             nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(channels[s], out_channels, 3))
             for s in range(num_scales))
 
-    def forward(self, features, bottleneck=None):
+    def forward(self, features, bottleneck=None, scales=None):
+        """Outputs at `scales` (default: all); entries of scales not asked for are None.
+
+        Serving asks for scale 0 only: the coarse heads exist for the multi-scale losses.
+        """
+        scales = range(self.num_scales) if scales is None else scales
         x = features[-1] if bottleneck is None else bottleneck
         outputs = [None] * self.num_scales
         for step, level in enumerate(range(4, -1, -1)):
@@ -208,7 +213,7 @@ class UNetDecoder(nn.Module):
             if level > 0:
                 x = torch.cat([x, features[level - 1]], 1)
             x = self.upconvs_1[step](x)
-            if level < self.num_scales:
+            if level in scales:
                 outputs[level] = self.heads[level](x)
         return outputs
 
@@ -219,8 +224,9 @@ class DepthDecoder(UNetDecoder):
     def __init__(self, num_ch_enc, num_scales=4):
         super().__init__(num_ch_enc, 1, num_scales)
 
-    def forward(self, features):
-        return [torch.sigmoid(out) for out in super().forward(features)]
+    def forward(self, features, scales=None):
+        return [None if out is None else torch.sigmoid(out)
+                for out in super().forward(features, scales=scales)]
 
 
 class FlowDecoder(UNetDecoder):

@@ -25,7 +25,7 @@ from structflow_ros.core.losses import (DepthLossConfig, FlowLossConfig, flow_lo
 from structflow_ros.core.networks import disp_to_depth, normalize_image
 
 LOSS_NAMES = ('flow', 'depth_supervised', 'depth_selfsup', 'depth')
-AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
+PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 @dataclass
@@ -41,19 +41,49 @@ class TrainStepConfig:
     # Clip the global gradient norm (None: no clipping, the norm is still reported). Guards
     # online adaptation against one bad pair throwing the encoder far away.
     max_grad_norm: Optional[float] = 10.0
-    # With a GradScaler (CUDA mixed precision) the forward runs under autocast in this dtype
-    # ('float16' or 'bfloat16'; a string so the config serialises); losses run in float32.
-    amp_dtype: str = 'float16'
+    # Forward precision: 'float32', or autocast in 'bfloat16' (CPUs with native bf16 units,
+    # CUDA) or 'float16' (CUDA, with a GradScaler). Weights, gradients, the optimiser, the
+    # losses and the NaN guards stay float32. A string so the config serialises;
+    # `resolve_precision('auto', device)` picks one for a machine.
+    precision: str = 'float32'
 
     def __post_init__(self):
         for name in ('flow_weight', 'depth_supervised_weight', 'depth_selfsup_weight'):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
-        if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f'amp_dtype {self.amp_dtype!r} is not one of {sorted(AMP_DTYPES)}')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision {self.precision!r} is not one of {sorted(PRECISIONS)}')
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f'max_grad_norm must be positive or None, got {self.max_grad_norm}')
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'auto' -> 'bfloat16' where the device computes bf16 natively, else 'float32'.
+
+    (A CPU without bf16 units emulates it, slower than float32; float16 on CUDA needs a
+    GradScaler, so `auto` leaves it to the caller to ask for it.)
+    """
+    if precision != 'auto':
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of auto, "
+                             f"{', '.join(PRECISIONS)}")
+        return precision
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'
+    from structflow_ros.core.backends import cpu_native_bf16
+    return 'bfloat16' if cpu_native_bf16()[0] else 'float32'
+
+
+def make_optimizer(parameters, lr: float, device) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (one pass over each tensor instead of several per-op ones:
+    measured 25 -> 14 ms per step for the 13 M flow-path parameters on 2 CPU cores)."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(parameters, lr=lr)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -216,8 +246,12 @@ def train_step(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     autocast = None
-    if scaler is not None:
-        autocast = torch.autocast(_model_device(model).type, dtype=AMP_DTYPES[config.amp_dtype])
+    dtype = PRECISIONS[config.precision]
+    if dtype is torch.float16 and scaler is None:
+        raise ValueError("precision 'float16' needs a GradScaler (CUDA); use 'bfloat16' or "
+                         "'float32' without one")
+    if dtype is not None:
+        autocast = torch.autocast(_model_device(model).type, dtype=dtype)
     # A skipped step must leave the model as it was, BatchNorm running statistics included
     # (a NaN frame would otherwise poison them for good while the weights look untouched).
     buffers = _snapshot_buffers(model)

@@ -7,12 +7,13 @@ Subscribes `image` (sensor_msgs/Image, or CompressedImage with input_compressed:
 `camera_info`; publishes `depth` (32FC1), `depth/colored` (bgr8), `depth/camera_info`,
 `depth/points` (PointCloud2 xyz + rgb), each with the input image's header, and /diagnostics.
 
-Threads: the executor (one SingleThreadedExecutor: callbacks, service, diagnostics timer) and one
-inference thread. The image callback only drops the frame into a single-slot, drop-oldest buffer;
-the inference thread decodes, runs the model and publishes. The inference thread owns the module
-it serves: new weights (from ~/reload_weights now, from on-robot adaptation later) are published
-as a new version into a VersionedWeightStore and the inference thread builds a separate module
-and swaps it in between two frames; the served module is never mutated.
+Threads: the executor (one SingleThreadedExecutor: callbacks, service, diagnostics timer), one
+inference thread and the depth server's converter thread. The image callback only drops the frame
+into a single-slot, drop-oldest buffer; the inference thread decodes, runs the model and
+publishes. New weights (from ~/reload_weights now, from on-robot adaptation later) are published
+as a new version into a VersionedWeightStore; the converter thread builds them for the serving
+backend aside and the inference thread swaps the reference between two frames
+(structflow_ros/online/server.py); the served module is never mutated.
 """
 import sys
 import threading
@@ -31,6 +32,8 @@ from std_srvs.srv import Trigger
 
 from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
+from structflow_ros.online.server import (DepthServer, read_serving_checkpoint,
+                                          resolve_weights_path)
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
 from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array
@@ -38,8 +41,6 @@ from structflow_ros.ros.frame_slot import LatestFrameSlot
 from structflow_ros.ros.params import PARAMETERS, validate
 from structflow_ros.ros.qos import IncompatibleQosWarner, make_qos
 from structflow_ros.ros.scaling import DepthScaler, ScaleUnavailable
-from structflow_ros.ros.serving import (ServedModel, read_serving_checkpoint,
-                                        resolve_weights_path)
 
 INFERENCE_THREAD_NAME = 'structflow-inference'
 # How often the idle inference thread looks for a new weight version (no frame needed to swap).
@@ -62,9 +63,7 @@ class DepthNode(Node):
         self.weight_store = VersionedWeightStore()
         self._slot = LatestFrameSlot()
         self._camera_info = None  # latest CameraInfo (one reference: swapped atomically)
-        self._served = None
-        self._served_changed = threading.Condition()
-        self._swap_error = (0, '')  # (version, reason) of the last version that failed to load
+        self.server = None
         self._last_warned = {}
         self._warned_once = set()
         self._scaler = DepthScaler()
@@ -104,13 +103,14 @@ class DepthNode(Node):
                     'used; set weights:=<checkpoint file>)')
             raise StartupError(f'cannot load weights {self.weights_path}: {error}{hint}') from None
         version = self.weight_store.publish(state_dict, meta)
+        del state_dict
+        self.server = DepthServer(self.weight_store, self.device, self._input_size(),
+                                  self._param('backend'), self._threads, self._log)
         try:
-            self._served = ServedModel.from_state(state_dict, meta, version, self.device,
-                                                  self._input_size())
+            self.server.start()
         except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
             raise StartupError(f'cannot put the model from {self.weights_path} on '
                                f'{self.device}: {error}') from None
-        del state_dict
 
         self._qos_warner = IncompatibleQosWarner(self.get_logger())
         in_reliability = self._param('qos_reliability')
@@ -141,7 +141,8 @@ class DepthNode(Node):
                                         daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f'serving {self.weights_path} (version {version}) on {self.device}; '
+            f'serving {self.weights_path} (version {version}) on {self.device} with backend '
+            f'{self.server.backend}; '
             f'image: {self._image_sub.topic_name} ({image_type.__name__}, {in_reliability}), '
             f"depth: {self._outputs['depth'].topic_name}, depth_mode "
             f"{self._param('depth_mode')}")
@@ -192,7 +193,7 @@ class DepthNode(Node):
     def _on_reload(self, request, response):
         del request
         path = resolve_weights_path(self._param('weights'))  # re-read: it may have been set
-        serving = self._served.version
+        serving = self.server.served.version
         try:
             state_dict, meta = read_serving_checkpoint(path)
         except (CheckpointError, ValueError, RuntimeError) as error:
@@ -202,23 +203,18 @@ class DepthNode(Node):
             return response
         version = self.weight_store.publish(state_dict, meta)
         del state_dict
-        with self._served_changed:
-            done = self._served_changed.wait_for(
-                lambda: self._served.version >= version or self._swap_error[0] >= version
-                or not self._thread.is_alive(), SWAP_TIMEOUT_S)
-        if self._served.version >= version:
+        served, reason = self.server.wait_until_serving(version, SWAP_TIMEOUT_S,
+                                                        alive=self._thread.is_alive)
+        if served:
             self.weights_path = path
             response.success = True
             response.message = f'serving {path} as version {version}'
             self.get_logger().info(response.message)
         else:
             response.success = False
-            reason = (self._swap_error[1] if self._swap_error[0] >= version else
-                      'the inference thread did not swap in time' if done is False else
-                      'the inference thread is not running')
             response.message = (f'version {version} ({path}) published but not '
                                 f'served: {reason}; still serving version '
-                                f'{self._served.version}')
+                                f'{self.server.served.version}')
             self.get_logger().error(response.message)
         return response
 
@@ -232,7 +228,7 @@ class DepthNode(Node):
             item = self._slot.get(timeout=IDLE_POLL_S)
             if self._slot.closed:
                 return
-            self._maybe_swap()
+            self.server.maybe_swap()
             if item is None:
                 continue
             try:
@@ -242,27 +238,6 @@ class DepthNode(Node):
                     return  # shutting down: publishers are gone
                 self.stats.record_error(f'{type(error).__name__}: {error}')
                 self._warn_throttled('error', f'frame failed: {type(error).__name__}: {error}')
-
-    def _maybe_swap(self):
-        """Between two frames: build the store's newer version aside, then swap the reference."""
-        version = self.weight_store.version
-        if version <= self._served.version or version <= self._swap_error[0]:
-            return
-        version, state_dict, meta = self.weight_store.latest()
-        try:
-            standby = ServedModel.from_state(state_dict, meta, version, self.device,
-                                             self._input_size())
-        except Exception as error:  # noqa: BLE001 - a bad version must not stop serving
-            with self._served_changed:
-                self._swap_error = (version, f'{type(error).__name__}: {error}')
-                self._served_changed.notify_all()
-            self.get_logger().error(f'weights version {version} not served: {error}')
-            return
-        with self._served_changed:
-            self._served = standby
-            self._served_changed.notify_all()
-        self.get_logger().info(f"now serving weights version {version} "
-                               f"({meta.get('path', 'published in memory')})")
 
     def _process(self, msg, received):
         started = time.monotonic()
@@ -274,7 +249,7 @@ class DepthNode(Node):
             self._warn_throttled(f'bad_input:{error.kind}',
                                  f'dropped a bad frame on {self._image_sub.topic_name}: {error}')
             return
-        served = self._served
+        served = self.server.served
         height, width = rgb.shape[:2]
         out_height = settings['output_height'] or height
         out_width = settings['output_width'] or width
@@ -354,7 +329,7 @@ class DepthNode(Node):
     def diagnostics_snapshot(self):
         """Everything /diagnostics reports, as a dict (also for in-process benchmarks)."""
         snapshot = self.stats.snapshot()
-        served = self._served
+        served = self.server.served
         extra = served.describe()
         extra['model_version'] = snapshot.pop('model_version')  # what computed the last depth
         extra['serving_version'] = served.version
@@ -366,7 +341,7 @@ class DepthNode(Node):
             'camera_info_received': self._camera_info is not None,
             'image_topic': self._image_sub.topic_name,
             'incompatible_qos_topics': ','.join(t for _, t in sorted(self._qos_warner.warned)),
-            'last_swap_error': self._swap_error[1],
+            'last_swap_error': self.server.swap_error[1],
         })
         return {**snapshot, **extra}
 
@@ -386,11 +361,24 @@ class DepthNode(Node):
                                       values['device'], values, {}, level, message)
         self._diagnostics_pub.publish(array)
 
+    def _log(self, level, text):
+        # One call site per severity: rclpy refuses a call site whose severity changes.
+        logger = self.get_logger()
+        if level == 'error':
+            logger.error(text)
+        elif level == 'warning':
+            logger.warning(text)
+        else:
+            logger.info(text)
+
     def stop(self):
-        """Stop the inference thread (idempotent); the node stays valid until destroy_node."""
+        """Stop the inference and converter threads (idempotent); the node stays valid until
+        destroy_node."""
         self._slot.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        if self.server is not None:
+            self.server.close()
 
     def destroy_node(self):
         self.stop()

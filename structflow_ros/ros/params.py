@@ -10,6 +10,7 @@ from typing import Any, Optional, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from structflow_ros.core.backends import BACKENDS
 from structflow_ros.core.config import SIZE_MULTIPLE
 from structflow_ros.ros.conversions import COLORMAP_RANGE_MODES, COLORMAPS
 from structflow_ros.ros.qos import RELIABILITY_CHOICES
@@ -48,6 +49,13 @@ PARAMETERS = (
               '(share/structflow/models/structflow_default.pt). Re-read by ~/reload_weights.'),
     ParamSpec('device', 'auto', "Torch device: auto (CUDA when present), cpu, cuda or cuda:N.",
               read_only=True),
+    ParamSpec('backend', 'auto', 'How the network runs: auto (times the backends this machine '
+              'can run on a few frames at start-up and keeps the fastest that agrees with '
+              'eager; the log says what and why), eager (PyTorch float32), bf16 (bfloat16 '
+              'autocast; CPUs with native bf16, CUDA), fp16 (CUDA), onnxruntime, openvino '
+              '(CPU; bf16 where native) or tensorrt (CUDA with TensorRT). A backend that cannot '
+              'run here falls back to eager with the reason in the log.', read_only=True,
+              choices=BACKENDS),
     ParamSpec('input_height', 0, 'Network input height in pixels; 0 = the size the model was '
               f'trained at; otherwise >= {SIZE_MULTIPLE}.', read_only=True,
               int_range=(0, 4096)),

@@ -24,6 +24,10 @@ def add_loop_args(parser, steps=2000, out='runs/train'):
     group.add_argument('--seed', type=int, default=0)
     group.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     group.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    group.add_argument('--precision', default='auto',
+                       choices=('auto', 'float32', 'bfloat16', 'float16'),
+                       help='forward precision; auto = bfloat16 where the device has native '
+                       'bf16 units, else float32 (losses and weights stay float32)')
     group.add_argument('--out', default=out, help='run folder: last.pt, history.jsonl, '
                        'summary.json')
     group.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')
@@ -39,7 +43,7 @@ def loop_config_from_args(args):
         steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         eval_every=args.eval_every or args.steps, seed=args.seed, device=args.device,
-        threads=args.threads, out_dir=args.out, resume=args.resume,
+        threads=args.threads, precision=args.precision, out_dir=args.out, resume=args.resume,
         progress=not args.no_progress)
 
 
