@@ -266,9 +266,11 @@ def start_node(dds, name, namespace, image_topic, **params):
 
 @pytest.fixture(scope='module')
 def node_a(dds):
+    # An exported runtime (OpenVINO, in requirements.txt): every test below, the hot swap of
+    # ~/reload_weights included, then runs through the export path over real DDS.
     process = start_node(dds, 'node_a', NAMESPACE, IMAGE_TOPIC, output_height=OUT_HEIGHT,
                          output_width=OUT_WIDTH, points_decimation=DECIMATION,
-                         max_image_pixels=1_000_000)
+                         max_image_pixels=1_000_000, backend='openvino')
     client = dds.client
     publishers = SimpleNamespace(image=client.camera_publisher(IMAGE_TOPIC, Image),
                                  info=client.camera_publisher(INFO_TOPIC, CameraInfo))
@@ -563,11 +565,13 @@ def test_reload_weights_swaps_versions_and_refuses_broken_files(node_a, dds):
 
     before = depth_of_frame()
     diagnostics_show('1')
+    assert node_diagnostics(client, NAMESPACE)['backend'] == 'openvino'
     response = reload(make_tiny_checkpoint(dds.tmp / 'tiny_v2.pt', seed=1))
     assert response.success, response.message
     assert 'version 2' in response.message
     after = depth_of_frame()
     diagnostics_show('2')
+    assert node_diagnostics(client, NAMESPACE)['backend'] == 'openvino'  # converted, swapped
     assert np.abs(after - before).max() > 1e-6, 'depth did not change with the new weights'
 
     broken = dds.tmp / 'truncated.pt'

@@ -97,6 +97,9 @@ def get_args_parser(add_help=True):
                         help='torch threads for the bare model and the node (0: torch default '
                              'here, passed to the node as a number)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    parser.add_argument('--backend', default='auto',
+                        help='serving backend (auto, eager, bf16, fp16, onnxruntime, openvino, '
+                             'tensorrt); what auto picks here is passed to the node by name')
     parser.add_argument('--model-repeats', type=int, default=30,
                         help='timed bare-model calls before each case (after 3 warm-up calls)')
     parser.add_argument('--startup-timeout', type=float, default=120.0,
@@ -113,11 +116,12 @@ def get_args_parser(add_help=True):
 # ----------------------------------------------------------------------------------------------
 # The bare model
 # ----------------------------------------------------------------------------------------------
-def load_predictor(weights, device_name):
+def load_predictor(weights, device_name, backend='eager'):
     from structflow_ros.core.inference import resolve_device
     from structflow_ros.online.server import ServedModel, read_serving_checkpoint
     state_dict, meta = read_serving_checkpoint(weights)
-    return ServedModel.from_state(state_dict, meta, 1, resolve_device(device_name)).predictor
+    return ServedModel.from_state(state_dict, meta, 1, resolve_device(device_name),
+                                  backend=backend).predictor
 
 
 def time_model(predictor, frames, repeats, threads, warmup=3):
@@ -130,13 +134,15 @@ def time_model(predictor, frames, repeats, threads, warmup=3):
     import threading
 
     import torch
+
+    from structflow_ros.core.backends import serving_torch_threads
     sync = torch.cuda.synchronize if predictor.device.type == 'cuda' else (lambda: None)
     predictor.output_size = frames[0].shape[:2]  # the node publishes depth at the image size
     times, errors = [], []
 
     def measure():
         try:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(serving_torch_threads(predictor.runner, threads))
             for i in range(warmup):
                 predictor.predict(frames[i % len(frames)])
             sync()
@@ -173,6 +179,7 @@ def run_case(case, frames, K, args, weights, threads, domain_id, log_dir):
     namespace = f"/structflow_bench_{case['number']}"
     params = write_params_file(log_dir / f'{name}.yaml', {
         'weights': str(weights), 'threads': threads, 'device': args.device,
+        'backend': args.backend,
         'publish_points': case['points'], 'diagnostics_period': 0.1})
     outputs = ('depth', 'depth/colored', 'depth/camera_info') + (
         ('depth/points',) if case['points'] else ())
@@ -258,7 +265,9 @@ def main(args):
         if args.threads:
             torch.set_num_threads(args.threads)
         threads = torch.get_num_threads()
-        predictor = load_predictor(weights, args.device)
+        predictor = load_predictor(weights, args.device, args.backend)
+        # The node serves what was chosen here (its own `auto` could time differently).
+        args.backend = predictor.backend.name
     except (BenchInputError, ValueError) as error:  # CheckpointError is a ValueError
         print(f'structflow bench node: {error}', file=sys.stderr)
         return 2
@@ -267,7 +276,8 @@ def main(args):
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID=str(domain_id),
                       ROS_LOG_DIR=str(log_dir / 'bench'))
     print(f'ROS_DOMAIN_ID={domain_id} ({how}); logs: {log_dir}; weights {weights}; '
-          f'device {predictor.device}, torch threads {threads} (model and node)',
+          f'device {predictor.device}, backend {args.backend} ({predictor.backend.reason}), '
+          f'torch threads {threads} (model and node)',
           file=sys.stderr)
     cases = [(size, rate, points) for size in args.sizes for rate in args.rates
              for points in args.points]
@@ -309,12 +319,14 @@ def main(args):
         if bar is not None:
             bar.close()
     table = markdown_table(rows)
-    print(f'device {predictor.device}, torch {torch.__version__}, {threads} threads, '
+    print(f'device {predictor.device}, backend {args.backend}, torch {torch.__version__}, '
+          f'{threads} threads, '
           f'{args.duration:g} s per case, weights {weights.name}')
     print(table)
     print(target_line(rows))
     if args.json:
-        result = {'device': str(predictor.device), 'torch': torch.__version__,
+        result = {'device': str(predictor.device), 'backend': args.backend,
+                  'torch': torch.__version__,
                   'threads': threads, 'weights': str(weights), 'duration_s': args.duration,
                   'ros_domain_id': domain_id, 'overhead_target_ms': OVERHEAD_TARGET_MS,
                   'bare_model_ms': bare,  # per camera size, one entry per case

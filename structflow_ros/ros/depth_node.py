@@ -30,6 +30,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from std_srvs.srv import Trigger
 
+from structflow_ros.core.backends import serving_torch_threads
 from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
 from structflow_ros.online.server import (DepthServer, read_serving_checkpoint,
@@ -222,8 +223,10 @@ class DepthNode(Node):
     # Inference thread
     # ------------------------------------------------------------------------------------------
     def _inference_loop(self):
-        if self._threads > 0:
-            torch.set_num_threads(self._threads)
+        # Per calling thread (OpenMP): a runtime with its own pool gets torch on one thread.
+        threads = serving_torch_threads(self.server.served.predictor.runner,
+                                        self._threads or torch.get_num_threads())
+        torch.set_num_threads(threads)
         while True:
             item = self._slot.get(timeout=IDLE_POLL_S)
             if self._slot.closed:
