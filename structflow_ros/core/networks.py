@@ -135,6 +135,10 @@ class StructureEncoder(nn.Module):
         return [f0, f1, f2, f3, f4]
 
 
+# Inputs of at most this many pixels (a 2x2 map) run in float32 under autocast; see below.
+TINY_CONV_INPUT = 4
+
+
 class TwoFrameEncoder(nn.Module):
     """PoseNet-like conv stack on two stacked frames, globally pooled to a vector."""
 
@@ -151,10 +155,19 @@ class TwoFrameEncoder(nn.Module):
 
     def forward(self, frame0, frame1):
         # Centred roughly on mid-grey, as SfMLearner/monodepth2's pose networks do.
-        pair = torch.cat([normalize_image(frame0), normalize_image(frame1)], 1) - 0.45
-        # (B, 6, H, W) -> (B, C, h, w) -> (B, C)
-        pooled = self.convs(pair).mean(dim=(2, 3))
-        return self.head(pooled)
+        x = torch.cat([normalize_image(frame0), normalize_image(frame1)], 1) - 0.45
+        for layer in self.convs:
+            if isinstance(layer, nn.Conv2d) and x.shape[-2] * x.shape[-1] <= TINY_CONV_INPUT \
+                    and torch.is_autocast_enabled(x.device.type):
+                # torch 2.13's bf16 weight gradient of a stride-2 convolution on a 1x1 input
+                # is sometimes non-finite on AVX512-BF16 CPUs (measured: 24 of 30 trials at
+                # batch 1); these layers cost nothing, so they run in float32.
+                with torch.autocast(x.device.type, enabled=False):
+                    x = layer(x.float())
+            else:
+                x = layer(x)
+        # (B, C, h, w) -> (B, C)
+        return self.head(x.mean(dim=(2, 3)))
 
 
 class MotionEncoder(TwoFrameEncoder):
