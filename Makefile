@@ -43,5 +43,6 @@ train-default: $(STAMP)
 replicate: $(STAMP)
 	$(PY) scripts/replicate_paper.py
 
+# Serving backends, training precision and the node over DDS, one report (docs/benchmarks.md).
 bench: $(STAMP)
-	$(PY) -m structflow_ros.cli bench model
+	$(PY) -m structflow_ros.cli bench all --markdown docs/benchmarks.md

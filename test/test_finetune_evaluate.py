@@ -142,3 +142,18 @@ def test_pretrain_reports_flow_epe_on_held_out_sets(shared_data, tmp_path):
     final = json.loads((out / 'summary.json').read_text())['final_metrics']
     assert final['eval/zero_flow_epe/rubberwhale'] == pytest.approx(1.256, abs=0.01)
     assert final['eval/flow_epe/fog'] > 0 and final['eval/flow_epe/rubberwhale'] > 0
+
+
+def test_export_onnx_runs_in_onnxruntime_like_the_model(finetuned, tmp_path):
+    ort = pytest.importorskip('onnxruntime', reason='onnxruntime (requirements.txt) not installed')
+    path = tmp_path / 'depth.onnx'
+    assert run(export, ['--weights', str(finetuned), '--onnx', str(path), '--size', '128x64']) == 0
+    model, _ = load_model(finetuned)
+    image = torch.rand(1, 3, 64, 128)
+    with torch.inference_mode():
+        expected = model.float().eval()(image)['disp'][0].numpy()
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    (got,) = session.run(None, {'image': image.numpy()})
+    assert got.shape == (1, 1, 64, 128)
+    assert float(abs(got - expected).max()) < 1e-4
+    assert run(export, ['--weights', str(finetuned), '--onnx', str(path), '--size', '100x64']) == 2
