@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.structflow-installed
+# The real `ros2` command, launch/launch_ros, message_filters and sensor_msgs_py (not on PyPI):
+# wheels beside the project when it has them (../shared/wheels); a ROS 2 install has its own.
+SHARED_WHEELS ?= ../shared/wheels
+ROS_TOOLS_STAMP := $(VENV)/.structflow-ros-tools
 # Keep DDS on this machine for every target that may touch it.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: venv test test-fast colcon-test demo bench render train-default clean
+.PHONY: venv ros-tools test test-fast colcon-test demo bench render train-default clean
 
-venv: $(STAMP)
+venv: $(STAMP) ros-tools
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +21,22 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+# --no-deps: launch_ros names ament_index_python, which PyPI ships as ros-ament-index-python.
+ros-tools: $(STAMP)
+	@if [ -f $(ROS_TOOLS_STAMP) ]; then :; \
+	elif ls $(SHARED_WHEELS)/*.whl >/dev/null 2>&1; then \
+	  $(PY) -m pip install --quiet --no-deps $(SHARED_WHEELS)/*.whl && \
+	  $(PY) -m pip install --quiet -r requirements-ros-tools.txt && touch $(ROS_TOOLS_STAMP); \
+	else echo "note: no ROS 2 tool wheels in $(SHARED_WHEELS): tests of ros2 launch/run/topic/param/service are skipped"; fi
+
+test: $(STAMP) ros-tools
 	$(PY) -m pytest -q -ra test
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) ros-tools
 	$(PY) -m pytest -q -ra -m 'not slow' test
 
 # The ROS workspace path: colcon build + colcon test of this package inside the venv.
-colcon-test: $(STAMP)
+colcon-test: $(STAMP) ros-tools
 	bash scripts/colcon_check.sh
 
 # The real node on a synthetic fog drive (held out of training), or DEMO_SOURCE=<video/folder/bag>;

@@ -7,13 +7,10 @@ context (one test also publishes from a third process, structflow_ros.ros.image_
 One node process is shared by the module's tests to keep the runtime modest; every wait is on
 a condition (a matched topic, a message with the expected stamp), with a timeout and a message.
 """
-import collections
-import itertools
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,15 +20,10 @@ import pytest
 import torch
 import yaml
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from structflow_ros.core.checkpoint import save_checkpoint
@@ -41,6 +33,8 @@ from structflow_ros.ros import conversions
 from structflow_ros.ros.image_publisher import (make_image_msg, pinhole_camera_info,
                                                 synthetic_frame)
 
+from dds_helpers import FRAME_ID, Client, node_diagnostics, wait_until
+
 pytestmark = pytest.mark.ros
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +42,6 @@ IMAGE_TOPIC, INFO_TOPIC, NAMESPACE = '/test_cam/image', '/test_cam/camera_info',
 COMPRESSED_TOPIC, COMPRESSED_NAMESPACE = '/test_cam1/image', '/cam1'
 IN_HEIGHT, IN_WIDTH = 60, 80
 OUT_HEIGHT, OUT_WIDTH, DECIMATION = 48, 64, 3  # set in the YAML below, not the defaults
-FRAME_ID = 'camera_optical_frame'
 START_TIMEOUT_S = 60.0  # import torch + rclpy + discovery on 2 busy cores
 FRAME_TIMEOUT_S = 20.0
 OUTPUTS = {'depth': Image, 'depth/colored': Image, 'depth/camera_info': CameraInfo,
@@ -60,20 +53,6 @@ def make_tiny_checkpoint(path, seed):
     model = build_model(ModelConfig(height=64, width=96, flow_branch=False, pose_branch=False))
     save_checkpoint(path, model, half=True)
     return path
-
-
-def wait_until(predicate, timeout, message, process=None):
-    """Poll `predicate` until true; fail with `message` (and the node's log) on timeout/death."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None and process.poll() is not None:
-            pytest.fail(f'{message}: the node process exited with {process.returncode}\n'
-                        f'{process.output()[-3000:]}')
-        time.sleep(0.05)
-    log = f'\nnode log:\n{process.output()[-3000:]}' if process is not None else ''
-    pytest.fail(f'timed out after {timeout:.0f} s: {message}{log}')
 
 
 class NodeProcess:
@@ -108,73 +87,6 @@ class NodeProcess:
         finally:
             self._log.close()
         return self.popen.returncode
-
-
-class Client:
-    """This test's side of DDS: publishers, subscribers, parameter/service clients."""
-
-    def __init__(self, domain_id):
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node('structflow_test_client', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._lock = threading.Lock()
-        self.received = collections.defaultdict(lambda: collections.deque(maxlen=100))
-        self._stamps = itertools.count(1)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    def subscribe(self, topic, msg_type):
-        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
-
-        def store(msg):
-            with self._lock:
-                self.received[topic].append(msg)
-        return self.node.create_subscription(msg_type, topic, store, qos)
-
-    def camera_publisher(self, topic, msg_type):
-        """A camera-like publisher: best effort (sensor data), the node's default QoS."""
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-        return self.node.create_publisher(msg_type, topic, qos)
-
-    def messages(self, topic):
-        with self._lock:
-            return list(self.received[topic])
-
-    def find(self, topic, stamp=None, frame_id=None):
-        """Newest message on `topic` with the given header stamp and/or frame_id, or None."""
-        for msg in reversed(self.messages(topic)):
-            if stamp is not None and (msg.header.stamp.sec, msg.header.stamp.nanosec) != stamp:
-                continue
-            if frame_id is not None and msg.header.frame_id != frame_id:
-                continue
-            return msg
-        return None
-
-    def new_header(self, frame_id=FRAME_ID):
-        header = Header(frame_id=frame_id)
-        header.stamp.sec, header.stamp.nanosec = next(self._stamps), 4321
-        return header
-
-    def wait_future(self, future, timeout, what):
-        wait_until(future.done, timeout, what)
-        return future.result()
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(10)
-
-
-def node_diagnostics(client, namespace):
-    """{key: value} of the newest /diagnostics status of the node in `namespace`."""
-    for array in reversed(client.messages('/diagnostics')):
-        for status in array.status:
-            if status.name.startswith(f'{namespace}/depth_node'):
-                return {kv.key: kv.value for kv in status.values}
-    return None
 
 
 def counts(text):

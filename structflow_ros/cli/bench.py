@@ -107,7 +107,7 @@ def _peak_rss_mb():
 
 
 PEAK_RSS_SCRIPT = """
-import resource, sys, numpy as np, torch
+import sys, numpy as np
 from structflow_ros.online.server import ServedModel, read_serving_checkpoint
 from structflow_ros.core import resolve_device
 weights, device, backend, height, width = sys.argv[1:6]
@@ -117,7 +117,10 @@ served = ServedModel.from_state(state_dict, meta, 1, resolve_device(device),
 frame = np.zeros((int(height), int(width), 3), np.uint8)
 for _ in range(3):
     served.predictor.predict(frame)
-print(served.predictor.backend.name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec from the parent.
+peak_kb = next(int(line.split()[1]) for line in open('/proc/self/status')
+               if line.startswith('VmHWM:'))
+print(served.predictor.backend.name, peak_kb / 1024)
 """
 
 
