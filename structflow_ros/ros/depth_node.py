@@ -15,6 +15,7 @@ as a new version into a VersionedWeightStore; the converter thread builds them f
 backend aside and the inference thread swaps the reference between two frames
 (structflow_ros/online/server.py); the served module is never mutated.
 """
+import signal
 import sys
 import threading
 import time
@@ -408,6 +409,11 @@ def main(args=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # The first SIGINT stopped the executor (rclpy's handler) and is also re-raised as a
+        # KeyboardInterrupt at a random later point: ignore further SIGINTs while the threads
+        # stop, or that interrupt lands in a join and the node dies with a traceback.
+        # (`ros2 launch` escalates to SIGTERM if a node does not stop.)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         executor.remove_node(node)
         node.destroy_node()
         executor.shutdown()
