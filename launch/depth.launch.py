@@ -6,12 +6,58 @@
 Several cameras: one launch per camera with its own `namespace`. The node's outputs are
 `<namespace>/depth`, `depth/colored`, `depth/camera_info` and `depth/points`.
 """
+import os
+import sys
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+
+class LaunchInputError(RuntimeError):
+    """Bad launch input; launch prints the message and `ros2 launch` exits non-zero."""
+
+
+def _command_line_arguments():
+    """`name:=value` names given to `ros2 launch ... depth.launch.py` for this very file (an
+    including launch file passes its own arguments, which are not checked here)."""
+    argv = sys.argv
+    here = os.path.basename(__file__)
+    for index, token in enumerate(argv):
+        if os.path.basename(token) == here:
+            return [item.split(':=', 1)[0] for item in argv[index + 1:] if ':=' in item]
+    return []
+
+
+def _check_arguments(context, declared):
+    unknown = sorted(set(_command_line_arguments()) - set(declared))
+    if unknown:
+        raise LaunchInputError(f"unknown launch argument(s) {', '.join(map(repr, unknown))}; "
+                               f"depth.launch.py takes: {', '.join(sorted(declared))}")
+    if LaunchConfiguration('rviz').perform(context).lower() in ('true', '1', 'yes'):
+        from ament_index_python.packages import (PackageNotFoundError,
+                                                 get_package_share_directory)
+        try:
+            get_package_share_directory('rviz2')
+        except PackageNotFoundError:
+            raise LaunchInputError('rviz:=true but rviz2 is not installed (install '
+                                   'ros-<distro>-rviz2, or launch with rviz:=false)') from None
+    return []
+
+
+def _node_exited(event, context):
+    """The depth node ended: end the launch too, failing when the node failed (its one-line
+    reason is already in the log above)."""
+    del context
+    if event.returncode not in (0, None):
+        raise LaunchInputError(f'depth_node exited with code {event.returncode}; its reason '
+                               'is the FATAL line above')
+    return [EmitEvent(event=Shutdown(reason='depth_node exited'))]
 
 
 def generate_launch_description():
@@ -70,4 +116,8 @@ def generate_launch_description():
         condition=IfCondition(LaunchConfiguration('rviz')),
         output='screen',
     )
-    return LaunchDescription(arguments + [depth_node, rviz])
+    declared = [argument.name for argument in arguments]
+    check = OpaqueFunction(function=_check_arguments, args=[declared])
+    on_exit = RegisterEventHandler(OnProcessExit(target_action=depth_node,
+                                                 on_exit=_node_exited))
+    return LaunchDescription(arguments + [check, on_exit, depth_node, rviz])

@@ -27,6 +27,7 @@ from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
 from structflow_ros.ros.diagnostics import RateMeter, ServingStats, make_diagnostic_array
 from structflow_ros.ros.frame_slot import LatestFrameSlot
+from structflow_ros.ros.image_publisher import pinhole_camera_info
 from structflow_ros.ros.params import PARAMETERS, validate
 from structflow_ros.ros.scaling import (DepthScaler, GroundFitConfig, ScaleUnavailable,
                                         fit_ground_plane)
@@ -568,5 +569,73 @@ def test_incompatible_qos_is_warned_once_per_topic(ros_env, tiny_weights):
     finally:
         executor.shutdown()
         peer.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+# ----------------------------------------------------------------------------------------------
+# sensor_msgs_py and message_filters where installed, the hand-written fallback elsewhere
+# ----------------------------------------------------------------------------------------------
+def test_pointcloud_is_the_same_message_with_and_without_sensor_msgs_py():
+    if conversions.point_cloud2 is None:
+        pytest.skip('sensor_msgs_py is not installed (a ROS 2 install or ../shared/wheels)')
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(0.5, 20.0, (12, 16)).astype(np.float32)
+    depth[2, 3] = np.nan
+    info = pinhole_camera_info(12, 16, 'cam')
+    rays = conversions.RayCache().rays(info)
+    rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    header = Header(frame_id='cam')
+    header.stamp.sec = 7
+    made = conversions.depth_to_pointcloud(depth, rays, rgb, 2, header)
+    fallback = conversions.depth_to_pointcloud(depth, rays, rgb, 2, header,
+                                               use_sensor_msgs_py=False)
+    for name in ('header', 'height', 'width', 'fields', 'is_bigendian', 'point_step',
+                 'row_step', 'is_dense'):
+        assert getattr(made, name) == getattr(fallback, name), name
+    assert bytes(made.data) == bytes(fallback.data)
+    assert (made.height, made.width, made.is_dense) == (6, 8, False)
+    # Read back with the library: the organised layout is rows of `width` points.
+    points = conversions.point_cloud2.read_points_numpy(made, field_names=('x', 'y', 'z'))
+    ours = conversions.pointcloud_to_array(made)
+    np.testing.assert_array_equal(points[:, 2].reshape(6, 8), ours['z'])
+    assert np.isnan(ours['z'][1, 1]) and np.isfinite(ours['z'][0, 0])
+
+
+def test_camera_info_pairing_with_and_without_message_filters(ros_env):
+    from structflow_ros.ros import camera_info_source
+    if camera_info_source.message_filters is None:
+        pytest.skip('message_filters is not installed (a ROS 2 install or ../shared/wheels)')
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('pairing_test', context=context)
+    try:
+        qos = 5
+        cached = camera_info_source.CameraInfoSource(node, 'info_a', qos)
+        latest = camera_info_source.CameraInfoSource(node, 'info_b', qos,
+                                                     use_message_filters=False)
+        assert 'message_filters' in cached.pairing and 'latest' in latest.pairing
+        assert cached.for_stamp(Header().stamp) is None and not cached.received
+
+        def info(sec):
+            msg = pinhole_camera_info(10, 10, 'cam')
+            msg.header.stamp.sec = sec
+            msg.k[0] = 100.0 + sec  # tells them apart
+            return msg
+        for sec in (1, 2, 3):  # what the subscriptions' callbacks get from DDS
+            cached._subscriber.callback(info(sec))
+            latest._remember(info(sec))
+
+        def stamp(sec):
+            header = Header()
+            header.stamp.sec = sec
+            return header.stamp
+        # The driver's usual case (info published with its image): the same message both ways.
+        assert cached.for_stamp(stamp(3)).k[0] == latest.for_stamp(stamp(3)).k[0] == 103.0
+        # An older image finds the info of its own time only through the cache.
+        assert cached.for_stamp(stamp(2)).k[0] == 102.0 and latest.for_stamp(stamp(2)).k[0] == 103
+        # Older than everything cached: the newest, as without message_filters.
+        assert cached.for_stamp(stamp(0)).k[0] == 103.0
+    finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -256,6 +256,11 @@ class RayCache:
 # ----------------------------------------------------------------------------------------------
 # PointCloud2
 # ----------------------------------------------------------------------------------------------
+try:  # sensor_msgs_py is on every ROS 2 install; not on PyPI
+    from sensor_msgs_py import point_cloud2
+except ImportError:  # pragma: no cover - depends on the install
+    point_cloud2 = None
+
 POINT_DTYPE = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('rgb', '<f4')])
 POINT_FIELDS = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
                 for name, offset in (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))]
@@ -266,11 +271,13 @@ def decimated_pixels(height, width, decimation):
     return np.arange(0, height, decimation), np.arange(0, width, decimation)
 
 
-def depth_to_pointcloud(depth, rays, rgb, decimation, header):
+def depth_to_pointcloud(depth, rays, rgb, decimation, header, use_sensor_msgs_py=True):
     """Organised PointCloud2 (xyz + packed rgb float, as RViz reads it) of every n-th pixel.
 
     `depth` (H, W) z-depth, `rays` (H, W, 3) from RayCache, `rgb` the input image (any size:
     sampled at each depth pixel's centre). Invalid depth gives NaN points (is_dense False).
+    The message is made by sensor_msgs_py.point_cloud2 where installed, else by hand; both
+    give the same message (a test checks).
     """
     rows, cols = decimated_pixels(*depth.shape, decimation)
     z = depth[np.ix_(rows, cols)]  # (h, w)
@@ -287,15 +294,20 @@ def depth_to_pointcloud(depth, rays, rgb, decimation, header):
         for name in ('x', 'y', 'z'):
             cloud[name][invalid] = np.nan
     cloud['rgb'] = packed.astype('<u4').view('<f4')
-    msg = PointCloud2()
-    msg.header = header
+    if use_sensor_msgs_py and point_cloud2 is not None:
+        # create_cloud reads a 2-D array as (width, height); give it the rows one after
+        # the other and state the organised shape here (rows of `width` points).
+        msg = point_cloud2.create_cloud(header, POINT_FIELDS, cloud.reshape(-1))
+    else:
+        msg = PointCloud2()
+        msg.header = header
+        msg.fields = POINT_FIELDS
+        msg.is_bigendian = False
+        msg.point_step = POINT_DTYPE.itemsize
+        msg.data = cloud.tobytes()
     msg.height, msg.width = z.shape
-    msg.fields = POINT_FIELDS
-    msg.is_bigendian = False
-    msg.point_step = POINT_DTYPE.itemsize
     msg.row_step = POINT_DTYPE.itemsize * z.shape[1]
     msg.is_dense = not bool(invalid.any())
-    msg.data = cloud.tobytes()
     return msg
 
 

@@ -38,6 +38,7 @@ from structflow_ros.online.server import (DepthServer, read_serving_checkpoint,
                                           resolve_weights_path)
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
+from structflow_ros.ros.camera_info_source import CameraInfoSource
 from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array
 from structflow_ros.ros.frame_slot import LatestFrameSlot
 from structflow_ros.ros.params import PARAMETERS, validate
@@ -64,7 +65,7 @@ class DepthNode(Node):
         self.stats = ServingStats()
         self.weight_store = VersionedWeightStore()
         self._slot = LatestFrameSlot()
-        self._camera_info = None  # latest CameraInfo (one reference: swapped atomically)
+        self._camera_info = None  # CameraInfoSource, made in _setup
         self.server = None
         self._last_warned = {}
         self._warned_once = set()
@@ -133,8 +134,8 @@ class DepthNode(Node):
             event_callbacks=self._qos_warner.subscription('image', in_reliability))
         # camera_info is always best effort: it then matches every camera driver, and losing
         # one of these (rarely changing) messages costs nothing.
-        self._info_sub = self.create_subscription(
-            CameraInfo, 'camera_info', self._on_camera_info, make_qos('best_effort', 5))
+        self._camera_info = CameraInfoSource(self, 'camera_info', make_qos('best_effort', 5))
+        self._info_sub = self._camera_info.subscription
         self._reload_srv = self.create_service(Trigger, '~/reload_weights', self._on_reload)
         self._diag_timer = self.create_timer(self._param('diagnostics_period'),
                                              self._publish_diagnostics)
@@ -188,9 +189,6 @@ class DepthNode(Node):
         self.stats.record_input(now)
         if self._slot.put((msg, now)):
             self.stats.record_stale()
-
-    def _on_camera_info(self, msg):
-        self._camera_info = msg
 
     def _on_reload(self, request, response):
         del request
@@ -296,7 +294,7 @@ class DepthNode(Node):
 
     def _depth_camera(self, header, width, height, out_width, out_height, settings):
         """Rescaled camera_info and rays for this frame, or (None, None) without camera_info."""
-        info = self._camera_info
+        info = self._camera_info.for_stamp(header.stamp)
         if info is None:
             if settings['publish_points'] or settings['depth_mode'] == 'camera_height':
                 self._warn_throttled('no_camera_info', (
@@ -342,7 +340,8 @@ class DepthNode(Node):
             'depth_mode': self._param('depth_mode'),
             'depth_unit': self._scaler.unit,
             'depth_scale_in_use': self._scaler.last_scale if self._scaler.last_scale else 0.0,
-            'camera_info_received': self._camera_info is not None,
+            'camera_info_received': self._camera_info.received,
+            'camera_info_pairing': self._camera_info.pairing,
             'image_topic': self._image_sub.topic_name,
             'incompatible_qos_topics': ','.join(t for _, t in sorted(self._qos_warner.warned)),
             'last_swap_error': self.server.swap_error[1],
