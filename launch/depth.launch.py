@@ -39,6 +39,19 @@ def _check_arguments(context, declared):
     if unknown:
         raise LaunchInputError(f"unknown launch argument(s) {', '.join(map(repr, unknown))}; "
                                f"depth.launch.py takes: {', '.join(sorted(declared))}")
+    params_file = LaunchConfiguration('params_file').perform(context)
+    if not os.path.isfile(params_file):
+        raise LaunchInputError(f'params_file {params_file} does not exist or is not a file')
+    try:
+        import yaml
+        with open(params_file) as handle:
+            parsed = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        reason = str(error).replace('\n', ' ')
+        raise LaunchInputError(f'params_file {params_file} is not valid YAML: {reason}') from None
+    if not isinstance(parsed, dict):
+        raise LaunchInputError(f'params_file {params_file} holds no parameters (expected '
+                               "'/**: ros__parameters: {...}' as in config/structflow.yaml)")
     if LaunchConfiguration('rviz').perform(context).lower() in ('true', '1', 'yes'):
         from ament_index_python.packages import (PackageNotFoundError,
                                                  get_package_share_directory)

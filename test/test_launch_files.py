@@ -54,9 +54,11 @@ def description():
     built = get_launch_description_from_python_launch_file(str(LAUNCH_FILE))
     context = LaunchContext()
     declared = {e.name: e for e in built.entities if isinstance(e, DeclareLaunchArgument)}
+    from launch.substitutions import TextSubstitution
+    # Plain-text defaults only: the share/ paths need the package installed (test_ros2_tools).
     defaults = {name: perform_substitutions(context, e.default_value)
                 for name, e in declared.items() if e.default_value is not None
-                and 'FindPackageShare' not in repr(e.default_value)}
+                and all(isinstance(part, TextSubstitution) for part in e.default_value)}
     nodes = {e.node_executable if isinstance(e.node_executable, str) else
              perform_substitutions(context, e.node_executable): e
              for e in built.entities if isinstance(e, Node)}

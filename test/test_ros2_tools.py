@@ -40,6 +40,8 @@ ROS2 = shutil.which('ros2', path=BIN_PATH)
 COLCON = shutil.which('colcon', path=BIN_PATH)
 START_TIMEOUT_S = 90.0  # the node imports torch and loads the shipped weights on 2 busy cores
 HEIGHT, WIDTH = 96, 128
+# No ros2 daemon left behind by the tests; a direct node needs a few seconds of discovery.
+NO_DAEMON = '--no-daemon --spin-time 5'
 
 pytestmark = [
     pytest.mark.ros,
@@ -160,7 +162,7 @@ def frame_message(client, index):
     rng = np.random.default_rng(index)
     rgb = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     header = client.new_header()
-    return make_image_msg(rgb, header, 'rgb8'), header
+    return make_image_msg(rgb, 'rgb8', header), header
 
 
 def depth_for_frame(client, image_topic, depth_topic, process, index=0, timeout=30.0):
@@ -214,11 +216,11 @@ def test_two_launches_side_by_side_with_every_argument_then_ctrl_c(ws, client):
                                 index=2)
         assert client.find('/front/depth', stamp) is None, 'front node served the rear camera'
 
-        code, out = ros2(ws, 'param get --no-daemon /front/depth_node backend')
+        code, out = ros2(ws, f'param get {NO_DAEMON} /front/depth_node backend')
         assert code == 0 and 'String value is: eager' in out, out  # launch argument
-        code, out = ros2(ws, 'param get --no-daemon /front/depth_node device')
+        code, out = ros2(ws, f'param get {NO_DAEMON} /front/depth_node device')
         assert 'String value is: cpu' in out, out
-        code, out = ros2(ws, 'param get --no-daemon /rear/depth_node colormap')
+        code, out = ros2(ws, f'param get {NO_DAEMON} /rear/depth_node colormap')
         assert 'String value is: jet' in out, out  # params_file
 
         assert launches['front'].interrupt() == 0, launches['front'].output()[-3000:]
@@ -283,16 +285,16 @@ def test_ros2_run_and_param_service_topic_verbs(ws, client):
     stop_camera = threading.Event()
     try:
         wait_for_node(client, '/runner/depth_node', node)
-        code, out = ros2(ws, 'node list --no-daemon')
+        code, out = ros2(ws, f'node list {NO_DAEMON}')
         assert '/runner/depth_node' in out, out
 
-        code, out = ros2(ws, 'param describe --no-daemon /runner/depth_node backend')
+        code, out = ros2(ws, f'param describe {NO_DAEMON} /runner/depth_node backend')
         assert 'How the network runs' in out and 'Read only: true' in out, out
-        code, out = ros2(ws, 'param set --no-daemon /runner/depth_node depth_mode bogus')
+        code, out = ros2(ws, f'param set {NO_DAEMON} /runner/depth_node depth_mode bogus')
         assert "depth_mode 'bogus' is not one of relative, scale, camera_height" in out, out
-        code, out = ros2(ws, 'param get --no-daemon /runner/depth_node depth_mode')
+        code, out = ros2(ws, f'param get {NO_DAEMON} /runner/depth_node depth_mode')
         assert 'String value is: relative' in out, out
-        code, out = ros2(ws, 'param set --no-daemon /runner/depth_node colormap_max 9.0')
+        code, out = ros2(ws, f'param set {NO_DAEMON} /runner/depth_node colormap_max 9.0')
         assert 'Set parameter successful' in out, out
 
         code, out = ros2(ws, 'service call /runner/depth_node/reload_weights '

@@ -581,7 +581,7 @@ def test_pointcloud_is_the_same_message_with_and_without_sensor_msgs_py():
         pytest.skip('sensor_msgs_py is not installed (a ROS 2 install or ../shared/wheels)')
     rng = np.random.default_rng(3)
     depth = rng.uniform(0.5, 20.0, (12, 16)).astype(np.float32)
-    depth[2, 3] = np.nan
+    depth[2, 2] = np.nan  # a decimated pixel: point (1, 1)
     info = pinhole_camera_info(12, 16, 'cam')
     rays = conversions.RayCache().rays(info)
     rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
