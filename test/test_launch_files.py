@@ -44,8 +44,19 @@ def description():
             importlib.util.find_spec('launch_ros') is None:
         pytest.skip('launch/launch_ros are not installed: no ROS 2 install and no wheels in '
                     f'{REPO_ROOT.parent / "shared" / "wheels"} (make venv installs them)')
-    if importlib.util.find_spec('composition_interfaces') is None:
+    standin = importlib.util.find_spec('composition_interfaces') is None
+    if standin:
         sys.path.insert(0, str(STANDINS))  # see test/ros_standins/README.md
+    try:
+        return _load_description()
+    finally:
+        if standin:
+            sys.path.remove(str(STANDINS))
+            for name in [m for m in sys.modules if m.startswith('composition_interfaces')]:
+                del sys.modules[name]
+
+
+def _load_description():
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
     from launch.launch_description_sources import get_launch_description_from_python_launch_file

@@ -35,6 +35,7 @@ from dds_helpers import FRAME_ID, Client, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_WHEELS = REPO_ROOT.parent / 'shared' / 'wheels'
+STANDINS = REPO_ROOT / 'test' / 'ros_standins'
 BIN_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])
 ROS2 = shutil.which('ros2', path=BIN_PATH)
 COLCON = shutil.which('colcon', path=BIN_PATH)
@@ -67,7 +68,10 @@ def ws(tmp_path_factory):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (root / 'install' / 'setup.bash').is_file()
-    return root
+    yield root
+    # `ros2 topic hz` has no --no-daemon: stop the daemon it started for this domain.
+    subprocess.run(shell(root, 'ros2 daemon stop'), cwd=root, env=base_env(root),
+                   capture_output=True, timeout=60)
 
 
 def base_env(root):
@@ -79,9 +83,14 @@ def base_env(root):
         env['VIRTUAL_ENV'] = str(Path(sys.executable).parents[1])
     # The underlay: a ROS 2 install sets AMENT_PREFIX_PATH itself; the wheels live in the venv.
     env.setdefault('AMENT_PREFIX_PATH', env.get('VIRTUAL_ENV', sys.prefix))
-    if importlib.util.find_spec('composition_interfaces') is None:
-        env['PYTHONPATH'] = str(REPO_ROOT / 'test' / 'ros_standins')
+    if not has_real_composition_interfaces():
+        env['PYTHONPATH'] = str(STANDINS)
     return env
+
+
+def has_real_composition_interfaces():
+    spec = importlib.util.find_spec('composition_interfaces')
+    return spec is not None and STANDINS not in Path(spec.origin).parents
 
 
 def shell(ws, command):
@@ -319,7 +328,7 @@ def test_ros2_run_and_param_service_topic_verbs(ws, client):
         rates = [float(r) for r in re.findall(r'average rate: ([0-9.]+)', hz.output())]
         assert rates and 5.0 < rates[-1] < 15.0, hz.output()[-2000:]
 
-        code, out = ros2(ws, 'topic echo --once /diagnostics', timeout=30)
+        code, out = ros2(ws, f'topic echo --once {NO_DAEMON} /diagnostics', timeout=30)
         assert code == 0 and 'runner/depth_node' in out and 'backend' in out, out[-2000:]
         stop_camera.set()
         assert node.interrupt() == 0, node.output()[-3000:]
