@@ -7,6 +7,7 @@ import collections
 import itertools
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,25 @@ def wait_until(predicate, timeout, message, process=None):
         time.sleep(0.05)
     log = f'\nnode log:\n{process.output()[-3000:]}' if process is not None else ''
     pytest.fail(f'timed out after {timeout:.0f} s: {message}{log}')
+
+
+class LoggedProcess:
+    """A child process with its output in a file (subclasses start `self.popen`)."""
+
+    def __init__(self, log_path):
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, 'wb')
+        self.popen = None
+
+    def poll(self):
+        return self.popen.poll()
+
+    @property
+    def returncode(self):
+        return self.popen.returncode
+
+    def output(self):
+        return self.log_path.read_text(errors='replace')
 
 
 class Client:

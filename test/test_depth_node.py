@@ -33,7 +33,7 @@ from structflow_ros.ros import conversions
 from structflow_ros.ros.image_publisher import (make_image_msg, pinhole_camera_info,
                                                 synthetic_frame)
 
-from dds_helpers import FRAME_ID, Client, node_diagnostics, wait_until
+from dds_helpers import FRAME_ID, Client, LoggedProcess, node_diagnostics, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -55,24 +55,13 @@ def make_tiny_checkpoint(path, seed):
     return path
 
 
-class NodeProcess:
-    """A child process with its output in a file; stop() = SIGINT, then kill."""
+class NodeProcess(LoggedProcess):
+    """`python -m <module> ...` with its output in a file; stop() = SIGINT, then kill."""
 
     def __init__(self, args, env, log_path, module='structflow_ros.ros.depth_node'):
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, 'wb')
+        super().__init__(log_path)
         self.popen = subprocess.Popen([sys.executable, '-m', module, *map(str, args)],
                                       stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def poll(self):
-        return self.popen.poll()
-
-    @property
-    def returncode(self):
-        return self.popen.returncode
-
-    def output(self):
-        return self.log_path.read_text(errors='replace')
 
     def stop(self, timeout=20.0):
         """SIGINT, wait, kill if needed; returns the exit code."""

@@ -31,7 +31,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from structflow_ros.ros.image_publisher import make_image_msg, pinhole_camera_info
 
-from dds_helpers import FRAME_ID, Client, wait_until
+from dds_helpers import FRAME_ID, Client, LoggedProcess, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_WHEELS = REPO_ROOT.parent / 'shared' / 'wheels'
@@ -98,25 +98,27 @@ def shell(ws, command):
     return ['bash', '-c', f'source install/setup.bash && exec {command}']
 
 
-class Started:
-    """A long-running command (launch, run, topic hz) with its output in a file."""
+class Started(LoggedProcess):
+    """A long-running command (launch, run, topic hz) in the workspace's shell."""
 
     def __init__(self, ws, command, name):
-        self.log_path = ws / f'{name}.log'
-        self._log = open(self.log_path, 'wb')
+        super().__init__(ws / f'{name}.log')
+        self.command = command
         self.popen = subprocess.Popen(shell(ws, command), cwd=ws, env=base_env(ws),
                                       stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
-    def poll(self):
-        return self.popen.poll()
-
-    @property
-    def returncode(self):
-        return self.popen.returncode
-
-    def output(self):
-        return self.log_path.read_text(errors='replace')
+    def wait_for_failure(self, expected_text):
+        """It must end by itself (no hang), non-zero, with `expected_text` and no traceback."""
+        try:
+            self.popen.wait(START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.interrupt()
+            pytest.fail(f'`{self.command}` did not end:\n{self.output()[-3000:]}')
+        output = self.output()
+        assert self.returncode != 0, output[-3000:]
+        assert expected_text in output, output[-3000:]
+        assert 'Traceback' not in output, output[-3000:]
 
     def interrupt(self, timeout=30.0):
         """Ctrl-C as a terminal sends it (SIGINT to the process group); the exit code."""
@@ -256,15 +258,7 @@ def test_bad_launch_input_ends_the_launch_with_the_reason(ws, arguments, reason)
     arguments = arguments.format(bad_yaml=bad_yaml)
     launch = Started(ws, f'ros2 launch structflow depth.launch.py {arguments} rviz:=false',
                      'bad_launch')
-    try:
-        launch.popen.wait(START_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        launch.interrupt()
-        pytest.fail(f'launch with {arguments} did not end:\n{launch.output()[-3000:]}')
-    output = launch.output()
-    assert launch.returncode != 0, output[-3000:]
-    assert reason in output, output[-3000:]
-    assert 'Traceback' not in output, output[-3000:]
+    launch.wait_for_failure(reason)
 
 
 def test_rviz_true_without_rviz2_fails_clearly_and_does_not_hang(ws):
@@ -272,13 +266,7 @@ def test_rviz_true_without_rviz2_fails_clearly_and_does_not_hang(ws):
         pytest.skip('rviz2 is installed: starting a GUI is not what this test does')
     launch = Started(ws, 'ros2 launch structflow depth.launch.py device:=cpu backend:=eager '
                          'rviz:=true', 'launch_rviz')
-    try:
-        launch.popen.wait(START_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        launch.interrupt()
-        pytest.fail(f'rviz:=true hung:\n{launch.output()[-3000:]}')
-    output = launch.output()
-    assert launch.returncode != 0 and 'rviz2' in output, output[-3000:]
+    launch.wait_for_failure('rviz2 is not installed')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,8 +338,7 @@ def test_readme_robot_section_as_written(ws, client):
         if shutil.which('rviz2', path=BIN_PATH):
             wait_for_node(client, '/depth_node', launch)
         else:  # rviz:=true without rviz2: a clear failure, not a hang
-            launch.popen.wait(START_TIMEOUT_S)
-            assert launch.returncode != 0 and 'rviz2' in launch.output()
+            launch.wait_for_failure('rviz2 is not installed')
     finally:
         launch.interrupt()
     client.subscribe('/depth', Image)
