@@ -86,6 +86,22 @@ class PairSamplingConfig:
         self.strides = tuple(int(s) for s in self.strides)
 
 
+def prepare_frame(image: np.ndarray, height: int, width: int, static_width: int = 64
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 frame -> (frame resized to height x width with INTER_AREA, small grey frame
+    `static_width` pixels wide for the near-static test). Offline pairs and the live pair
+    buffer use this one function."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SourceError(f'frames must be RGB uint8 (H, W, 3), got {image.dtype} '
+                          f'{image.shape}')
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    small_height = max(1, round(static_width * height / width))
+    grey = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (static_width, small_height), interpolation=cv2.INTER_AREA)
+    return resized, small
+
+
 def static_difference(grey0: np.ndarray, grey1: np.ndarray) -> float:
     """Mean absolute grey difference (0-255 scale) of two small grey frames."""
     return float(np.abs(grey0.astype(np.float32) - grey1.astype(np.float32)).mean())
@@ -144,18 +160,8 @@ class FramePairDataset(IterableDataset):
         self.epoch = int(epoch)
 
     def _prepare(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Resize to the model size (INTER_AREA) and make the small grey frame for the test."""
         config = self.config
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise SourceError(f'frames must be RGB uint8 (H, W, 3), got {image.dtype} '
-                              f'{image.shape}')
-        resized = cv2.resize(image, (config.width, config.height), interpolation=cv2.INTER_AREA)
-        small_height = max(1, round(config.static_width * config.height / config.width))
-        grey = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
-        small = cv2.resize(grey, (config.static_width, small_height),
-                           interpolation=cv2.INTER_AREA)
-        return resized, small
+        return prepare_frame(image, config.height, config.width, config.static_width)
 
     def _pairs_of(self, position: int, item, rng: np.random.Generator,
                   shard: Optional[Tuple[int, int]]) -> Iterator[Dict]:
