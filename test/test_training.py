@@ -257,3 +257,52 @@ def test_bfloat16_forward_keeps_losses_float32_and_close_to_float32():
                                     torch.autocast('cpu', dtype=torch.bfloat16))
     assert terms['flow'].dtype == torch.float32
     assert float(terms['flow'].detach()) == pytest.approx(float(reference.detach()), rel=0.02)
+
+
+def test_l2sp_is_zero_at_the_anchor_and_pulls_back_toward_it():
+    model = make_model(pose_branch=False)
+    frame0, frame1, _ = smooth_flow_pair()
+    batch = {'frame0': frame0, 'frame1': frame1}
+    training.set_trainable(model, 'encoder')
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    regularizer = training.L2SP(model, weight=1.0)
+    assert set(regularizer.anchor) == set(start)
+    loss, metrics = regularizer(model)
+    assert float(loss) == 0.0 and metrics['l2sp_distance'] == 0.0
+
+    def distance_after(weight, steps=5):
+        net = make_model(pose_branch=False)
+        training.set_trainable(net, 'encoder')
+        anchor = training.L2SP(net, weight=weight)
+        optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.05)
+        for step in range(steps):
+            metrics = train_step(net, batch, optimizer, TrainStepConfig(max_grad_norm=None),
+                                 step=step, regularizer=anchor)
+            assert metrics['skipped'] == 0 and 'loss_regularizer' in metrics
+        return anchor(net)[1]['l2sp_distance']
+    # lr * 2 * weight = 0.5: each step removes half of the distance the task loss added.
+    free, held = distance_after(0.0), distance_after(5.0)
+    assert held < 0.5 * free, (held, free)
+    with pytest.raises(ValueError, match='finite number >= 0'):
+        training.L2SP(model, weight=float('nan'))
+
+
+def test_set_trainable_selects_exactly_what_adapts():
+    model = make_model(pose_branch=False)
+    frame0, frame1, _ = smooth_flow_pair()
+    for choice, must, must_not in (
+            ('encoder', 'structure_encoder.conv1.weight', 'motion_encoder.head.weight'),
+            ('encoder_top', 'structure_encoder.layer4.1.conv2.weight',
+             'structure_encoder.layer1.0.conv1.weight'),
+            ('flow_path', 'flow_decoder.heads.0.1.weight', 'depth_decoder.heads.0.1.weight'),
+            ('norm_affine', 'structure_encoder.layer2.0.bn1.weight',
+             'structure_encoder.layer2.0.conv1.weight')):
+        names = training.set_trainable(model, choice)
+        assert must in names and must_not not in names, choice
+        model.zero_grad(set_to_none=True)
+        loss, _ = compute_losses(model, {'frame0': frame0, 'frame1': frame1})
+        loss.backward()
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert with_grad <= set(names) and with_grad, choice
+    with pytest.raises(ValueError, match='choose from encoder, encoder_top'):
+        training.set_trainable(model, 'everything')

@@ -14,7 +14,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -234,13 +234,15 @@ def _skipped(metrics: Dict, reason: str, start: float) -> Dict:
 
 def train_step(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
                optimizer: torch.optim.Optimizer, config: Optional[TrainStepConfig] = None,
-               scaler: Optional['torch.amp.GradScaler'] = None, step: int = 0
-               ) -> Dict[str, float]:
+               scaler: Optional['torch.amp.GradScaler'] = None, step: int = 0,
+               regularizer: Optional[Callable] = None) -> Dict[str, float]:
     """One optimisation step on `batch`; returns float metrics (losses, grad_norm, step_time_s).
 
-    `step` is the global step (it gates the occlusion warm-up). A non-finite loss, a NaN that
-    reached a warp, or a non-finite gradient skips the step: no backward on NaN, no weight
-    change, and metrics carry skipped=1 with a skip_reason string. Otherwise skipped=0.
+    `step` is the global step (it gates the occlusion warm-up). `regularizer(model)` returns
+    (scalar loss, metrics) added to the total as the term 'regularizer' (e.g. `L2SP`, which
+    holds online adaptation near the shipped weights). A non-finite loss, a NaN that reached a
+    warp, or a non-finite gradient skips the step: no backward on NaN, no weight change, and
+    metrics carry skipped=1 with a skip_reason string. Otherwise skipped=0.
     """
     config = config or TrainStepConfig()
     start = time.perf_counter()
@@ -260,6 +262,9 @@ def train_step(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
     except NonFiniteError as error:
         _restore_buffers(model, buffers)
         return _skipped({}, f'non-finite values reached the loss: {error}', start)
+    if regularizer is not None:
+        terms['regularizer'], regularizer_metrics = regularizer(unwrap(model))
+        metrics.update(regularizer_metrics)
     total = sum(terms.values())
     for name, term in terms.items():
         metrics[f'loss_{name}'] = float(term.detach())
@@ -305,6 +310,59 @@ def train_step(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
         metrics['skipped'] = 0
     metrics['step_time_s'] = time.perf_counter() - start
     return metrics
+
+
+class L2SP:
+    """weight * sum ||theta - theta_0||^2 over the trainable parameters named in the anchor
+    (L2-SP, Li et al., ICML 2018): keeps a finetuned or adapting network near the weights it
+    started from, against forgetting the source domain. The anchor is a frozen copy."""
+
+    def __init__(self, model: torch.nn.Module, weight: float, names=None):
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f'L2SP weight must be a finite number >= 0, got {weight!r}')
+        self.weight = float(weight)
+        self.anchor = {name: parameter.detach().clone()
+                       for name, parameter in unwrap(model).named_parameters()
+                       if (names is None or name in names) and parameter.requires_grad}
+        if not self.anchor:
+            raise ValueError('L2SP has nothing to anchor: no trainable parameter selected')
+
+    def __call__(self, model: torch.nn.Module) -> Tuple[torch.Tensor, Dict[str, float]]:
+        parameters = dict(model.named_parameters())
+        squared = sum(((parameters[name] - anchor.to(parameters[name].device)) ** 2).sum()
+                      for name, anchor in self.anchor.items())
+        return self.weight * squared, {'l2sp_distance': float(squared.detach().sqrt())}
+
+
+# What on-robot adaptation may train (design.md: which parameters adapt decides the sign of the
+# effect). Each choice names parameters by their prefix (or BatchNorm affine for norm_affine).
+TRAINABLE_CHOICES = {
+    'encoder': ('structure_encoder.',),
+    'encoder_top': ('structure_encoder.layer3.', 'structure_encoder.layer4.'),
+    'flow_path': ('structure_encoder.', 'motion_encoder.', 'flow_decoder.'),
+    'norm_affine': (),
+}
+
+
+def set_trainable(model: torch.nn.Module, choice: str) -> list:
+    """Make exactly the parameters of `choice` trainable (requires_grad); return their names."""
+    if choice not in TRAINABLE_CHOICES:
+        raise ValueError(f"unknown trainable choice {choice!r}; choose from "
+                         f"{', '.join(TRAINABLE_CHOICES)}")
+    model = unwrap(model)
+    norm_affine = set()
+    if choice == 'norm_affine':
+        for module_name, module in model.structure_encoder.named_modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                norm_affine |= {f'structure_encoder.{module_name}.weight',
+                                f'structure_encoder.{module_name}.bias'}
+    names = []
+    for name, parameter in model.named_parameters():
+        selected = name in norm_affine or name.startswith(TRAINABLE_CHOICES[choice])
+        parameter.requires_grad_(selected)
+        if selected:
+            names.append(name)
+    return names
 
 
 def grad_cosine_similarity(model: torch.nn.Module, batch: Dict[str, torch.Tensor],
