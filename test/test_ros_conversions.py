@@ -515,8 +515,11 @@ def test_destroy_node_leaves_no_thread(ros_env, tiny_weights):
 
 
 def test_ros_free_modules_do_not_import_rclpy(ros_env):
-    code = ('import sys; import structflow_ros.online, structflow_ros.ros.scaling, '
-            'structflow_ros.ros.frame_slot, structflow_ros.core.backends; '
+    code = ('import sys; import structflow_ros.online, structflow_ros.online.server, '
+            'structflow_ros.online.pair_buffer, structflow_ros.ros.scaling, '
+            'structflow_ros.ros.frame_slot, structflow_ros.core.backends, '
+            'structflow_ros.training.trainer, structflow_ros.training.evaluation, '
+            'structflow_ros.training.datasets; '
             "bad = [m for m in sys.modules if m.startswith(('rclpy', 'sensor_msgs'))]; "
             'assert not bad, bad')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
