@@ -105,3 +105,30 @@ def test_failed_write_keeps_the_old_file(model, tmp_path):
         atomic_torch_save({'x': Unsaveable(), 'y': lambda: 0}, path)
     assert read_checkpoint(path)['step'] == 1
     assert [p.name for p in tmp_path.iterdir()] == ['keep.pt']
+
+
+def _crafted(source, edit):
+    payload = torch.load(source, weights_only=True)
+    edit(payload)
+    return payload
+
+
+@pytest.mark.parametrize('edit, field', [
+    (lambda d: d.update(format_version='1'), "'format_version' must be an integer"),
+    (lambda d: d.update(state_dict=list(d['state_dict'].values())), "'state_dict' must be a dict"),
+    (lambda d: d.update(state_dict={k: 1 for k in d['state_dict']}), 'map parameter names'),
+    (lambda d: d.update(state_dict={}), "'state_dict' is empty"),
+    (lambda d: d.update(step='7'), "'step' must be an integer"),
+    (lambda d: d.update(version=True), "'version' must be an integer"),
+    (lambda d: d.update(model_config=[96, 320]), "'model_config' must be a dict"),
+    (lambda d: d.update(modules=[1, 2]), "'modules' must be a list of module names"),
+    (lambda d: d.update(metrics='good'), "'metrics' must be a dict"),
+])
+def test_crafted_plain_value_files_are_refused_naming_the_field(model, tmp_path, edit, field):
+    """Files of plain values pass the weights-only loader; their schema is checked instead
+    (issue 12, defect 1: such files used to crash `~/reload_weights`)."""
+    good = save_checkpoint(tmp_path / 'good.pt', model)
+    crafted = tmp_path / 'crafted.pt'
+    torch.save(_crafted(good, edit), crafted)
+    with pytest.raises(CheckpointError, match=field):
+        read_checkpoint(crafted)

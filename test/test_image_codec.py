@@ -147,3 +147,31 @@ def test_encoder_rejects_bad_input(rgb):
 def test_bytes_per_pixel_table():
     assert [image_codec.bytes_per_pixel(e) for e in ('rgb8', 'bgra8', 'mono8', 'mono16',
                                                      '32FC1', '16UC1')] == [3, 4, 1, 2, 4, 2]
+
+
+@pytest.mark.parametrize('kind, params', [
+    ('png', []), ('jpeg', []), ('jpeg', [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+    ('jpeg', [cv2.IMWRITE_JPEG_QUALITY, 5])])
+def test_declared_size_is_read_from_the_header(kind, params):
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    ok, data = cv2.imencode('.' + ('jpg' if kind == 'jpeg' else 'png'), image, params)
+    assert ok
+    assert image_codec.declared_size(data.reshape(-1)) == (53, 37)
+    assert image_codec.declared_size(data.reshape(-1)[:12]) is None  # header cut short
+    assert image_codec.declared_size(np.frombuffer(b'GIF89a' + bytes(40), np.uint8)) is None
+
+
+def test_compressed_bomb_is_refused_from_its_header_without_decoding(monkeypatch):
+    """Issue 12, defect 3: a small PNG declaring a huge image was decoded in full (gigabytes,
+    seconds) before max_pixels was checked."""
+    grey = np.zeros((3000, 3000), np.uint8)  # 9 Mpx of nothing: compresses to a few KB
+    ok, bomb = cv2.imencode('.png', grey)
+    assert ok and bomb.size < 100_000
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError('the bomb was decoded')
+    monkeypatch.setattr(image_codec.cv2, 'imdecode', no_decode)
+    with pytest.raises(image_codec.ImageDecodeError, match='declares 3000x3000 pixels'):
+        image_codec.decode_compressed(bomb.tobytes(), 'png', max_pixels=1_000_000)
+    with pytest.raises(image_codec.ImageDecodeError, match='neither a JPEG nor a PNG'):
+        image_codec.decode_compressed(b'BM' + bytes(100), 'bmp')

@@ -642,3 +642,31 @@ def test_camera_info_pairing_with_and_without_message_filters(ros_env):
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_crafted_checkpoint_is_refused_by_reload_and_at_start_up(in_process_node, tiny_weights,
+                                                                 tmp_path, ros_env):
+    """Issue 12, defect 1: a file of plain values with a string format_version made
+    ~/reload_weights raise outside its handler (the node exited); at start-up a traceback."""
+    from std_srvs.srv import Trigger
+
+    from structflow_ros.ros.depth_node import DepthNode, StartupError
+    payload = torch.load(tiny_weights, weights_only=True)
+    payload['format_version'] = '1'
+    crafted = tmp_path / 'crafted.pt'
+    torch.save(payload, crafted)
+    node = in_process_node
+    assert node.set_parameters([Parameter('weights', value=str(crafted))])[0].successful
+    response = node._on_reload(Trigger.Request(), Trigger.Response())
+    assert not response.success
+    assert "'format_version' must be an integer" in response.message
+    assert 'still serving version 1' in response.message
+    assert node.server.served.version == 1 and node._thread.is_alive()
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(StartupError, match="'format_version' must be an integer"):
+            DepthNode(context=context, parameter_overrides=[
+                Parameter('weights', value=str(crafted))])
+    finally:
+        rclpy.try_shutdown(context=context)

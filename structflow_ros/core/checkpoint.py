@@ -93,6 +93,47 @@ def save_checkpoint(path, model, *, step=0, version=0, stage='', trained_on=(), 
     return atomic_torch_save(payload, path)
 
 
+# Field -> (accepted types, what to say). A weights-only load admits any plain value, so a
+# crafted file can put a string where a number belongs: every field is checked before use.
+_SCHEMA = {
+    'format_version': ((int,), 'an integer'),
+    'model_config': ((dict,), 'a dict of ModelConfig fields'),
+    'state_dict': ((dict,), 'a dict of parameter name -> tensor'),
+    'step': ((int,), 'an integer'),
+    'version': ((int,), 'an integer'),
+    'modules': ((list, tuple), 'a list of module names'),
+    'stage': ((str,), 'a string'),
+    'input_size': ((list, tuple), 'a list [height, width]'),
+    'trained_on': ((list, tuple), 'a list of strings'),
+    'metrics': ((dict,), 'a dict'),
+    'train_config': ((dict,), 'a dict'),
+    'extra': ((dict,), 'a dict'),
+    'weights_dtype': ((str,), 'a string'),
+}
+
+
+def _check_schema(payload, path):
+    """Types of every known field, and a state dict of name -> floating/int tensors."""
+    for key, (types, what) in _SCHEMA.items():
+        if key not in payload:
+            continue
+        value = payload[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise CheckpointError(f"checkpoint {path}: '{key}' must be {what}, got "
+                                  f'{type(value).__name__} {str(value)[:40]!r}')
+    modules = payload.get('modules')
+    if modules is not None and not all(isinstance(name, str) for name in modules):
+        raise CheckpointError(f"checkpoint {path}: 'modules' must be a list of module names")
+    state_dict = payload['state_dict']
+    if not state_dict:
+        raise CheckpointError(f"checkpoint {path}: 'state_dict' is empty")
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {path}: 'state_dict' must map parameter names to tensors; entry "
+                f'{str(name)[:60]!r} is a {type(tensor).__name__}')
+
+
 def read_checkpoint(path, map_location='cpu'):
     """Load and validate a checkpoint dict; every failure says which file and why."""
     path = Path(path)
@@ -122,6 +163,7 @@ def read_checkpoint(path, map_location='cpu'):
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f'checkpoint {path} lacks keys {missing}')
+    _check_schema(payload, path)
     if payload['format_version'] > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {payload['format_version']}; "
                               f'this structflow reads up to {FORMAT_VERSION}')

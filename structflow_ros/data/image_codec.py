@@ -15,7 +15,7 @@ Conventions (REP 118 and the sensor_msgs/image_encodings names):
   where the sensor had no reading (16UC1 zero), as depth_image_proc does.
 - Encoders always write little-endian data (`is_bigendian = 0`).
 """
-from typing import Union
+from typing import Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -162,6 +162,46 @@ def _looks_truncated_jpeg(buffer: np.ndarray) -> bool:
     return b'\xff\xd9' not in tail
 
 
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# JPEG start-of-frame markers (they carry the image size); C4, C8 and CC are not frames.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI: markers without a segment
+
+
+def declared_size(buffer) -> Optional[Tuple[int, int]]:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame segment; None when the
+    data is neither or its header is cut short. Reads only the header bytes."""
+    data = memoryview(buffer).cast('B')
+    if bytes(data[:8]) == PNG_SIGNATURE:
+        if len(data) < 24 or bytes(data[12:16]) != b'IHDR':
+            return None
+        return (int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big'))
+    if bytes(data[:2]) != b'\xff\xd8':
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], 'big')
+        if marker in _JPEG_SOF:
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5:position + 7], 'big')
+            width = int.from_bytes(data[position + 7:position + 9], 'big')
+            return width, height
+        if marker == 0xDA or length < 2:  # scan data before any frame header: malformed
+            return None
+        position += 2 + length
+    return None
+
+
 def decode_compressed(data: BufferLike, format: str = '',
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage payload (JPEG or PNG) into RGB uint8 (H, W, 3).
@@ -182,6 +222,18 @@ def decode_compressed(data: BufferLike, format: str = '',
         raise ImageDecodeError(
             f'corrupt compressed image (format {format!r}, {buffer.size} bytes): JPEG data '
             'has no end-of-image marker (truncated)')
+    # The size the header declares, before any decoding: a 389 KB PNG declaring 20000x20000
+    # would otherwise cost gigabytes and seconds before the size could be checked.
+    declared = declared_size(buffer)
+    if declared is None:
+        raise ImageDecodeError(
+            f'corrupt or unsupported compressed image (format {format!r}, {buffer.size} '
+            'bytes): neither a JPEG nor a PNG with a readable size in its header; supported: '
+            f'{", ".join(COMPRESSED_FORMATS)}')
+    if declared[0] * declared[1] > max_pixels:
+        raise ImageDecodeError(
+            f'compressed image declares {declared[0]}x{declared[1]} pixels, more than the limit '
+            f'max_pixels={max_pixels}; not decoded')
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageDecodeError(
