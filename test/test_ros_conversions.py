@@ -670,3 +670,56 @@ def test_crafted_checkpoint_is_refused_by_reload_and_at_start_up(in_process_node
                 Parameter('weights', value=str(crafted))])
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def _bad_infos():
+    def edited(**changes):
+        info = pinhole_camera_info(48, 64, 'cam')
+        for name, value in changes.items():
+            if name in ('k', 'd', 'p'):
+                values = list(getattr(info, name)) or [0.0] * 5
+                index, number = value
+                values[index] = number
+                setattr(info, name, values)
+            elif name == 'roi':
+                info.roi.width = info.roi.height = 1
+                info.binning_x = info.binning_y = value
+            else:
+                setattr(info, name, value)
+        return info
+    return {'fx NaN': edited(k=(0, float('nan'))), 'cx NaN': edited(k=(2, float('nan'))),
+            'cy inf': edited(k=(5, float('inf'))), 'fx inf': edited(k=(0, float('inf'))),
+            'D NaN': edited(d=(0, float('nan'))), 'binning 1000': edited(binning_x=1000),
+            'ROI 1x1 binning 2': edited(roi=2), 'fx negative': edited(k=(0, -50.0))}
+
+
+def test_bad_camera_info_is_named_and_a_good_one_passes():
+    """Issue 12, defects 2 and 4."""
+    assert conversions.camera_info_problem(pinhole_camera_info(48, 64, 'cam')) is None
+    uncalibrated = pinhole_camera_info(48, 64, 'cam')
+    uncalibrated.k = [0.0] * 9
+    assert conversions.camera_info_problem(uncalibrated) is None  # depth still serves
+    for name, info in _bad_infos().items():
+        problem = conversions.camera_info_problem(info)
+        assert problem and 'camera_info' in problem, name
+
+
+def test_a_bad_camera_info_costs_only_the_outputs_that_need_it(in_process_node):
+    """One bad camera_info used to stop all depth (ZeroDivisionError every frame) or to publish
+    NaN points marked dense; now depth keeps coming and points wait for a good camera_info."""
+    node = in_process_node
+    assert node.set_parameters([Parameter('output_height', value=48),
+                                Parameter('output_width', value=64)])[0].successful
+    rgb = random_rgb(48, 64)
+    image = Image(height=48, width=64, encoding='rgb8', step=64 * 3, data=rgb.tobytes())
+    for name, info in _bad_infos().items():
+        node._camera_info._remember(info)
+        before = node.stats.snapshot()['frames_out']
+        node._process(image, time.monotonic())
+        assert node.stats.snapshot()['frames_out'] == before + 1, name
+        header = Header()
+        depth_info, rays = node._depth_camera(header, 64, 48, 64, 48, node._live_settings())
+        assert depth_info is None and rays is None, name
+    node._camera_info._remember(pinhole_camera_info(48, 64, 'cam'))
+    depth_info, rays = node._depth_camera(Header(), 64, 48, 64, 48, node._live_settings())
+    assert depth_info is not None and np.isfinite(rays).all()

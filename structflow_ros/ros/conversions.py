@@ -175,6 +175,30 @@ def camera_info_scale(info, image_width, image_height, out_width, out_height):
     return axes[0], axes[1], note.strip()
 
 
+def camera_info_problem(info):
+    """Why a CameraInfo cannot be used (None when it can): non-finite K, P, D or R, or a
+    ROI/binning that leaves no pixels. K all zeros (an uncalibrated camera) is not a problem
+    here: depth still serves, only points and camera_height need intrinsics (RayCache says so).
+    """
+    for name in ('k', 'p', 'd', 'r'):
+        values = np.asarray(getattr(info, name), dtype=np.float64)
+        if values.size and not np.isfinite(values).all():
+            return (f'camera_info {name.upper()} has non-finite values '
+                    f'({np.asarray(getattr(info, name)).tolist()[:9]})')
+    k = np.asarray(info.k, dtype=np.float64)
+    if k.size == 9 and (k[0] < 0 or k[4] < 0):
+        return f'camera_info K has a negative focal length (fx={k[0]:g}, fy={k[4]:g})'
+    use_roi = info.roi.width > 0 and info.roi.height > 0
+    for full, binning, roi_size, name in ((info.width, info.binning_x, info.roi.width, 'width'),
+                                          (info.height, info.binning_y, info.roi.height,
+                                           'height')):
+        region = roi_size if use_roi else full
+        if region and region // max(int(binning), 1) == 0:
+            return (f'camera_info {name}: {"ROI" if use_roi else "image"} of {region} pixels '
+                    f'with binning {binning} leaves no pixel')
+    return None
+
+
 def rescale_camera_info(info, image_width, image_height, out_width, out_height, header=None):
     """camera_info for the depth image: K and P rescaled, size = depth size, ROI/binning reset.
 

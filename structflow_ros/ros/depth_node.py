@@ -303,6 +303,16 @@ class DepthNode(Node):
                     + (', and no depth in camera_height mode'
                        if settings['depth_mode'] == 'camera_height' else '')), period=30.0)
             return None, None
+        problem = conversions.camera_info_problem(info)
+        if problem:
+            # A bad camera_info costs only what needs it: depth keeps coming in relative and
+            # scale modes; depth/camera_info and depth/points wait for a good one.
+            self._warn_throttled('bad_camera_info', (
+                f'ignoring the camera_info on {self._info_sub.topic_name}: {problem}; no '
+                'depth/camera_info and no depth/points until a valid one arrives'
+                + (', and no depth in camera_height mode'
+                   if settings['depth_mode'] == 'camera_height' else '')))
+            return None, None
         depth_info, note = conversions.rescale_camera_info(info, width, height, out_width,
                                                            out_height, header)
         if note:
