@@ -119,7 +119,8 @@ def declared_parameters(tmp_path_factory):
                context=context)
     try:
         node = DepthNode(context=context,
-                         parameter_overrides=[Parameter('weights', value=str(weights))])
+                         parameter_overrides=[Parameter('weights', value=str(weights)),
+                                              Parameter('backend', value='eager')])
         try:
             values = {name: param.value for name, param in node._parameters.items()}
             topics = types.SimpleNamespace(

@@ -432,8 +432,10 @@ def in_process_node(ros_env, tiny_weights):
     from structflow_ros.ros.depth_node import DepthNode
     context = Context()
     rclpy.init(context=context)
+    # eager: these tests are about the node; backends have their own tests (test_backends.py),
+    # and every in-process `auto` would build OpenVINO and ONNX Runtime models in this process.
     node = DepthNode(context=context, parameter_overrides=[
-        Parameter('weights', value=str(tiny_weights))])
+        Parameter('weights', value=str(tiny_weights)), Parameter('backend', value='eager')])
     try:
         yield node
     finally:
@@ -505,7 +507,7 @@ def test_destroy_node_leaves_no_thread(ros_env, tiny_weights):
     rclpy.init(context=context)
     try:
         node = DepthNode(context=context, parameter_overrides=[
-            Parameter('weights', value=str(tiny_weights))])
+            Parameter('weights', value=str(tiny_weights)), Parameter('backend', value='eager')])
         assert sorted(t.name for t in node_threads()) == ['structflow-converter',
                                                           'structflow-inference']
         node.destroy_node()
@@ -543,7 +545,7 @@ def test_incompatible_qos_is_warned_once_per_topic(ros_env, tiny_weights):
     context = Context()
     rclpy.init(context=context)
     node = DepthNode(context=context, parameter_overrides=[
-        Parameter('weights', value=str(tiny_weights)),
+        Parameter('weights', value=str(tiny_weights)), Parameter('backend', value='eager'),
         Parameter('qos_reliability', value='reliable')])
     logger = node._qos_warner._logger = RecordingLogger()
     peer = rclpy.create_node('peer', context=context)
@@ -667,7 +669,7 @@ def test_crafted_checkpoint_is_refused_by_reload_and_at_start_up(in_process_node
     try:
         with pytest.raises(StartupError, match="'format_version' must be an integer"):
             DepthNode(context=context, parameter_overrides=[
-                Parameter('weights', value=str(crafted))])
+                Parameter('weights', value=str(crafted)), Parameter('backend', value='eager')])
     finally:
         rclpy.try_shutdown(context=context)
 

@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,21 +248,35 @@ class OnnxRuntimeRunner:
         return torch.from_numpy(disparity).to(self.device)
 
 
+_OPENVINO_CORE = None
+_OPENVINO_CORE_LOCK = threading.Lock()
+
+
+def openvino_core():
+    """One OpenVINO Core for the process (OpenVINO's advice: a Core is heavy, and every compiled
+    model keeps it, so Cores are never created and dropped per weight version)."""
+    global _OPENVINO_CORE
+    with _OPENVINO_CORE_LOCK:
+        if _OPENVINO_CORE is None:
+            import openvino as ov
+            _OPENVINO_CORE = ov.Core()
+        return _OPENVINO_CORE
+
+
 class OpenVinoRunner:
     """OpenVINO CPU plugin on a fixed input size; bf16 inference precision where native."""
 
     own_thread_pool = True
 
     def __init__(self, graph, input_hw, precision, threads):
-        import openvino as ov
         self.precision = precision
-        core = ov.Core()
+        self.core = openvino_core()  # held: the Core outlives what it compiled
         config = {'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY',
                   'INFERENCE_NUM_THREADS': threads}
         with tempfile.TemporaryDirectory(prefix='structflow_openvino_') as folder:
             path = export_onnx(graph, input_hw, Path(folder) / 'depth.onnx')
-            model = core.read_model(str(path))
-            self.compiled = core.compile_model(model, 'CPU', config)
+            model = self.core.read_model(str(path))
+            self.compiled = self.core.compile_model(model, 'CPU', config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, image):
