@@ -95,6 +95,10 @@ def generate_launch_description():
                               description='How the network runs: auto, eager, bf16, fp16, '
                                           'onnxruntime, openvino or tensorrt (overrides '
                                           'params_file)'),
+        DeclareLaunchArgument('adapt', default_value='false',
+                              description='On-robot adaptation: keep training on the live '
+                                          'camera and hot-swap gated versions (overrides '
+                                          'params_file)'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='Start RViz with the depth image and point cloud'),
         DeclareLaunchArgument('rviz_config',
@@ -111,7 +115,8 @@ def generate_launch_description():
         namespace=LaunchConfiguration('namespace'),
         parameters=[LaunchConfiguration('params_file'),
                     {'device': LaunchConfiguration('device'),
-                     'backend': LaunchConfiguration('backend')}],
+                     'backend': LaunchConfiguration('backend'),
+                     'adapt': LaunchConfiguration('adapt')}],
         remappings=[('image', LaunchConfiguration('camera')),
                     ('camera_info', LaunchConfiguration('camera_info'))],
         output='screen',

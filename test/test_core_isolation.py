@@ -1,12 +1,17 @@
-"""The core never imports ROS: it must run in a training job or on a machine without ROS."""
+"""The core, online/ (server, pair buffer, adapter, gate) and training/ never import ROS: they
+run in a training job, in replay and in benchmarks on a machine without ROS."""
 import subprocess
 import sys
 
 
-def test_core_imports_no_ros_module():
+def test_core_online_and_training_import_no_ros_module():
     code = (
         'import sys, structflow_ros.core, structflow_ros.core.training, '
-        'structflow_ros.core.losses, structflow_ros.core.metrics, structflow_ros.core.geometry\n'
+        'structflow_ros.core.losses, structflow_ros.core.metrics, structflow_ros.core.geometry, '
+        'structflow_ros.online.adapter, structflow_ros.online.gate, structflow_ros.online.server, '
+        'structflow_ros.online.pipeline, structflow_ros.online.pair_buffer, '
+        'structflow_ros.online.state_dir, structflow_ros.training.trainer, '
+        'structflow_ros.training.evaluation, structflow_ros.training.datasets\n'
         'bad = sorted(m for m in sys.modules if m.split(".")[0] in ("rclpy", "cv_bridge", '
         '"message_filters") or m.split(".")[0].endswith("_msgs"))\n'
         'print(bad)\n'

@@ -5,6 +5,8 @@
   structflow bench node [--sizes 320x96,640x192] [--rates 10,30] (structflow_ros/cli/bench_node.py)
   structflow bench all --markdown docs/benchmarks.md
   structflow bench render [--frames 30]
+  structflow bench adapt [--streams fog night ...] [--seconds 300]  (cli/bench_adapt.py)
+  structflow bench gate [--streams fog night ...]  (the gate study, cli/bench_adapt.py)
 
 `model`: the served depth path of the shipped weights, per network size and per serving backend
 this machine can run, beside the reference (the eager float32 path as it was served before:
@@ -82,6 +84,8 @@ def get_args_parser():
                        help='seconds of camera stream per node case')
     every.add_argument('--markdown', default='',
                        help='write the whole report (machine, command, tables) to this file')
+    from structflow_ros.cli import bench_adapt
+    bench_adapt.add_arguments(sub)
     render = sub.add_parser('render', help='synthetic renderer frames/s')
     render.add_argument('--frames', type=int, default=30)
     render.add_argument('--sizes', default='320x96,640x192')
@@ -520,6 +524,15 @@ def main(args):
     if args.target == 'node':
         from structflow_ros.cli import bench_node
         return bench_node.main(args)
+    if args.target in ('adapt', 'gate'):
+        from structflow_ros.cli import bench_adapt
+        try:
+            runner = bench_adapt.gate_study if args.target == 'gate' else bench_adapt.bench_adapt
+            runner(args)
+        except ValueError as error:
+            print(f'structflow bench: {error}', file=sys.stderr)
+            return 2
+        return 0
     runners = {'model': bench_model, 'train': bench_train, 'render': bench_render,
                'all': bench_all}
     try:

@@ -339,6 +339,8 @@ class L2SP:
 TRAINABLE_CHOICES = {
     'encoder': ('structure_encoder.',),
     'encoder_top': ('structure_encoder.layer3.', 'structure_encoder.layer4.'),
+    'encoder_early': ('structure_encoder.conv1.', 'structure_encoder.bn1.',
+                      'structure_encoder.layer1.', 'structure_encoder.layer2.'),
     'flow_path': ('structure_encoder.', 'motion_encoder.', 'flow_decoder.'),
     'norm_affine': (),
 }

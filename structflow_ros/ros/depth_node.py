@@ -7,8 +7,10 @@ Subscribes `image` (sensor_msgs/Image, or CompressedImage with input_compressed:
 `camera_info`; publishes `depth` (32FC1), `depth/colored` (bgr8), `depth/camera_info`,
 `depth/points` (PointCloud2 xyz + rgb), each with the input image's header, and /diagnostics.
 
-Threads: the executor (one SingleThreadedExecutor: callbacks, service, diagnostics timer), one
-inference thread and the depth server's converter thread. The image callback only drops the frame
+Threads: the executor (a MultiThreadedExecutor: the image callbacks and the diagnostics timer in
+the default callback group, the services in their own group so a reload or a save never delays
+a frame), one inference thread, the depth server's converter thread and, with `adapt:=true`,
+the adaptation thread (structflow_ros/online/adapter.py). The image callback only drops the frame
 into a single-slot, drop-oldest buffer; the inference thread decodes, runs the model and
 publishes. New weights (from ~/reload_weights now, from on-robot adaptation later) are published
 as a new version into a VersionedWeightStore; the converter thread builds them for the serving
@@ -22,18 +24,23 @@ import time
 
 import rclpy
 import torch
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 
 from structflow_ros.core.backends import serving_torch_threads
 from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
+from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter
+from structflow_ros.online.gate import GateConfig
+from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
+from structflow_ros.online.pipeline import FramePipeline
 from structflow_ros.online.server import (DepthServer, read_serving_checkpoint,
                                           resolve_weights_path)
 from structflow_ros.online.weight_store import VersionedWeightStore
@@ -67,6 +74,8 @@ class DepthNode(Node):
         self._slot = LatestFrameSlot()
         self._camera_info = None  # CameraInfoSource, made in _setup
         self.server = None
+        self.adapter = None
+        self.pipeline = None
         self._last_warned = {}
         self._warned_once = set()
         self._scaler = DepthScaler()
@@ -106,6 +115,10 @@ class DepthNode(Node):
                     'used; set weights:=<checkpoint file>)')
             raise StartupError(f'cannot load weights {self.weights_path}: {error}{hint}') from None
         version = self.weight_store.publish(state_dict, meta)
+        pair_buffer = None
+        if self._param('adapt'):
+            pair_buffer = self._make_adapter(state_dict, meta)
+            version = self.weight_store.version  # a resumed adapted state serves from the start
         del state_dict
         self.server = DepthServer(self.weight_store, self.device, self._input_size(),
                                   self._param('backend'), self._threads, self._log)
@@ -114,6 +127,7 @@ class DepthNode(Node):
         except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
             raise StartupError(f'cannot put the model from {self.weights_path} on '
                                f'{self.device}: {error}') from None
+        self.pipeline = FramePipeline(self.server, pair_buffer)
 
         self._qos_warner = IncompatibleQosWarner(self.get_logger())
         in_reliability = self._param('qos_reliability')
@@ -136,19 +150,56 @@ class DepthNode(Node):
         # one of these (rarely changing) messages costs nothing.
         self._camera_info = CameraInfoSource(self, 'camera_info', make_qos('best_effort', 5))
         self._info_sub = self._camera_info.subscription
-        self._reload_srv = self.create_service(Trigger, '~/reload_weights', self._on_reload)
+        # Services in their own group: with the MultiThreadedExecutor a reload (up to
+        # SWAP_TIMEOUT_S) or a save runs beside the image callbacks, never in their way.
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._reload_srv = self.create_service(Trigger, '~/reload_weights', self._on_reload,
+                                               callback_group=self._service_group)
+        self._adapt_srvs = [
+            self.create_service(SetBool, '~/adaptation/enable', self._on_adapt_enable,
+                                callback_group=self._service_group),
+            self.create_service(Trigger, '~/adaptation/reset', self._on_adapt_reset,
+                                callback_group=self._service_group),
+            self.create_service(Trigger, '~/adaptation/save', self._on_adapt_save,
+                                callback_group=self._service_group)]
         self._diag_timer = self.create_timer(self._param('diagnostics_period'),
                                              self._publish_diagnostics)
 
         self._thread = threading.Thread(target=self._inference_loop, name=INFERENCE_THREAD_NAME,
                                         daemon=True)
         self._thread.start()
+        if self.adapter is not None:
+            self.adapter.start()
         self.get_logger().info(
             f'serving {self.weights_path} (version {version}) on {self.device} with backend '
             f'{self.server.backend}; '
             f'image: {self._image_sub.topic_name} ({image_type.__name__}, {in_reliability}), '
             f"depth: {self._outputs['depth'].topic_name}, depth_mode "
-            f"{self._param('depth_mode')}")
+            f"{self._param('depth_mode')}; adaptation "
+            + (f"on (state in {self.adapter.state_dir.directory}; {self.adapter.resumed})"
+               if self.adapter is not None else 'off (adapt:=true to enable)'))
+
+    def _make_adapter(self, state_dict, meta):
+        """The adaptation thread's objects (not started yet); returns the pair buffer."""
+        config = meta['model_config']
+        if not config.flow_branch:
+            raise StartupError(f'adapt:=true needs weights with the flow branch; '
+                               f'{self.weights_path} has none (depth path only)')
+        adapter_config = AdapterConfig(
+            trainable=self._param('adapt_trainable'), lr=self._param('adapt_lr'),
+            steps_per_candidate=self._param('adapt_steps_per_candidate'),
+            source_replay=self._param('adapt_source_replay'),
+            duty_cycle=self._param('adapt_duty_cycle'), threads=self._param('adapt_threads'),
+            gate=GateConfig(criterion=self._param('adapt_gate')))
+        pair_buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
+        try:
+            self.adapter = OnlineAdapter(
+                state_dict, config, self.weight_store, pair_buffer, adapter_config,
+                self.device, self._param('adapt_state_dir'), self._param('adapt_resume'),
+                log=self._log)
+        except (ValueError, OSError) as error:
+            raise StartupError(f'cannot start adaptation: {error}') from None
+        return pair_buffer
 
     # ------------------------------------------------------------------------------------------
     # Parameters
@@ -171,6 +222,8 @@ class DepthNode(Node):
             if reason:
                 self.get_logger().warning(f'rejected parameter {param.name}: {reason}')
                 return SetParametersResult(successful=False, reason=reason)
+        if self.adapter is not None and 'adapt_duty_cycle' in incoming:
+            self.adapter.config.duty_cycle = incoming['adapt_duty_cycle']  # read every step
         return SetParametersResult(successful=True)
 
     def _live_settings(self):
@@ -201,7 +254,17 @@ class DepthNode(Node):
             response.message = (f'reload refused, still serving version {serving}: {error}')
             self.get_logger().error(response.message)
             return response
-        version = self.weight_store.publish(state_dict, meta)
+        if self.adapter is not None:
+            try:
+                # Adaptation continues from the new weights (and resets its anchor to them).
+                version = self.adapter.rebase(state_dict, meta)
+            except ValueError as error:
+                response.success = False
+                response.message = (f'reload refused, still serving version {serving}: {error}')
+                self.get_logger().error(response.message)
+                return response
+        else:
+            version = self.weight_store.publish(state_dict, meta)
         del state_dict
         served, reason = self.server.wait_until_serving(version, SWAP_TIMEOUT_S,
                                                         alive=self._thread.is_alive)
@@ -218,6 +281,39 @@ class DepthNode(Node):
             self.get_logger().error(response.message)
         return response
 
+    def _adaptation_off(self, response):
+        response.success = False
+        response.message = 'adaptation is off (start the node with adapt:=true)'
+        return response
+
+    def _on_adapt_enable(self, request, response):
+        if self.adapter is None:
+            return self._adaptation_off(response)
+        response.message = self.adapter.set_enabled(request.data)
+        response.success = True
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_adapt_reset(self, request, response):
+        del request
+        if self.adapter is None:
+            return self._adaptation_off(response)
+        response.message = self.adapter.reset()
+        served, reason = self.server.wait_until_serving(self.adapter.served_version,
+                                                        SWAP_TIMEOUT_S,
+                                                        alive=self._thread.is_alive)
+        response.success = served
+        if not served:
+            response.message += f'; not served yet: {reason}'
+        return response
+
+    def _on_adapt_save(self, request, response):
+        del request
+        if self.adapter is None:
+            return self._adaptation_off(response)
+        response.success, response.message = self.adapter.save()
+        return response
+
     # ------------------------------------------------------------------------------------------
     # Inference thread
     # ------------------------------------------------------------------------------------------
@@ -230,7 +326,7 @@ class DepthNode(Node):
             item = self._slot.get(timeout=IDLE_POLL_S)
             if self._slot.closed:
                 return
-            self.server.maybe_swap()
+            self.pipeline.between_frames()
             if item is None:
                 continue
             try:
@@ -251,14 +347,12 @@ class DepthNode(Node):
             self._warn_throttled(f'bad_input:{error.kind}',
                                  f'dropped a bad frame on {self._image_sub.topic_name}: {error}')
             return
-        served = self.server.served
         height, width = rgb.shape[:2]
         out_height = settings['output_height'] or height
         out_width = settings['output_width'] or width
-        served.predictor.output_size = (out_height, out_width)
-        model_started = time.monotonic()
-        model_depth = served.predictor.predict(rgb)
-        inferred = time.monotonic()
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        result = self.pipeline.process(rgb, stamp_ns, (out_height, out_width))
+        model_depth = result.depth
 
         depth_info, rays = self._depth_camera(msg.header, width, height, out_width, out_height,
                                               settings)
@@ -289,7 +383,7 @@ class DepthNode(Node):
             points_pub.publish(conversions.depth_to_pointcloud(
                 depth, rays, rgb, settings['points_decimation'], header))
         done = time.monotonic()
-        self.stats.record_output(served.version, inferred - model_started,
+        self.stats.record_output(result.version, result.model_s,
                                  started - received, done - started, done)
 
     def _depth_camera(self, header, width, height, out_width, out_height, settings):
@@ -356,6 +450,10 @@ class DepthNode(Node):
             'incompatible_qos_topics': ','.join(t for _, t in sorted(self._qos_warner.warned)),
             'last_swap_error': self.server.swap_error[1],
         })
+        if self.adapter is not None:
+            extra.update(self.adapter.status())
+        else:
+            extra['adaptation_enabled'] = False
         return {**snapshot, **extra}
 
     def _publish_diagnostics(self):
@@ -375,6 +473,8 @@ class DepthNode(Node):
         self._diagnostics_pub.publish(array)
 
     def _log(self, level, text):
+        if not rclpy.ok(context=self.context):
+            return  # shutting down: the adaptation thread may still finish a step
         # One call site per severity: rclpy refuses a call site whose severity changes.
         logger = self.get_logger()
         if level == 'error':
@@ -388,6 +488,8 @@ class DepthNode(Node):
         """Stop the inference and converter threads (idempotent); the node stays valid until
         destroy_node."""
         self._slot.close()
+        if self.adapter is not None:
+            self.adapter.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         if self.server is not None:
@@ -411,7 +513,8 @@ def main(args=None):
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
-    executor = SingleThreadedExecutor()
+    # Two threads: image callbacks and the timer in one, the services in the other.
+    executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
         executor.spin()

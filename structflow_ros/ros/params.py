@@ -12,6 +12,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from structflow_ros.core.backends import BACKENDS
 from structflow_ros.core.config import SIZE_MULTIPLE
+from structflow_ros.core.training import TRAINABLE_CHOICES
+from structflow_ros.online.gate import CRITERIA
 from structflow_ros.ros.conversions import COLORMAP_RANGE_MODES, COLORMAPS
 from structflow_ros.ros.qos import RELIABILITY_CHOICES
 from structflow_ros.ros.scaling import DEPTH_MODES
@@ -107,6 +109,33 @@ PARAMETERS = (
               'against corrupt headers).', int_range=(1, 1 << 30)),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.',
               read_only=True, float_range=(0.05, 60.0)),
+    # On-robot adaptation (structflow_ros/online/adapter.py, docs/adaptation.md).
+    ParamSpec('adapt', False, 'Keep training the structure encoder on the live camera (flow '
+              'loss, calibration-free) and serve each version the depth-aware gate accepts.',
+              read_only=True),
+    ParamSpec('adapt_state_dir', '~/.ros/structflow/adaptation', 'Directory of the accepted '
+              'adaptation state (adapted.pt, written atomically; the only place adaptation '
+              'writes).', read_only=True),
+    ParamSpec('adapt_resume', True, 'Start from the saved adaptation state when it was adapted '
+              'from the same weights; false = start fresh from the weights.', read_only=True),
+    ParamSpec('adapt_trainable', 'norm_affine', 'Parameters that adapt (norm_affine: the '
+              "structure encoder's BatchNorm scales and shifts; docs/adaptation.md).",
+              read_only=True,
+              choices=tuple(TRAINABLE_CHOICES)),
+    ParamSpec('adapt_gate', 'rigid_fit', 'Criterion that accepts a candidate (rigid_fit: depth '
+              'vs an independent classical flow, no calibration).', read_only=True,
+              choices=CRITERIA),
+    ParamSpec('adapt_lr', 1e-3, 'Adam learning rate of adaptation.', read_only=True,
+              float_range=(1e-7, 1e-2)),
+    ParamSpec('adapt_steps_per_candidate', 20, 'Training steps between two gate decisions.',
+              read_only=True, int_range=(1, 100000)),
+    ParamSpec('adapt_source_replay', 0.33, 'Share of each adaptation batch that is synthetic '
+              'source-domain pairs with depth (holds the source domain).', read_only=True,
+              float_range=(0.0, 0.9)),
+    ParamSpec('adapt_duty_cycle', 0.5, 'Fraction of wall time the adaptation thread may '
+              'compute (the rest is left to inference).', float_range=(0.01, 1.0)),
+    ParamSpec('adapt_threads', 1, 'torch threads of the adaptation thread (CPU); 0 = torch '
+              'default.', read_only=True, int_range=(0, 256)),
 )
 PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
 DEVICE_HELP = 'auto, cpu, cuda or cuda:N'
@@ -132,6 +161,8 @@ def validate(name, value, values):
         return f'{name} {value} is outside [{spec.float_range[0]}, {spec.float_range[1]}]'
     if name == 'device':
         return check_device_name(value)
+    if name == 'adapt_state_dir' and not str(value).strip():
+        return 'adapt_state_dir is empty: give a directory for the adaptation state'
     if name in ('input_height', 'input_width') and 0 < value < SIZE_MULTIPLE:
         return f'{name} {value} is too small: use 0 (model size) or >= {SIZE_MULTIPLE}'
     if name == 'weights' and value:

@@ -1,0 +1,380 @@
+"""On-robot adaptation without ROS (structflow_ros/online/): gate, adapter, rollback, persistence,
+swap atomicity. Frames come from the synthetic driving world (real motion, exact depth); models
+are tiny (64x96) except where the gate needs depth that means something (the shipped model).
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from structflow_ros.core import ModelConfig, build_model
+from structflow_ros.core.checkpoint import load_model, read_checkpoint
+from structflow_ros.core.metrics import depth_metrics
+from structflow_ros.core.training import set_trainable
+from structflow_ros.data.synthetic.render import render_sequence
+from structflow_ros.online.adapter import ADAPTER_THREAD_NAME, AdapterConfig, OnlineAdapter
+from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, ScoringPairs,
+                                        criterion_scores, inverse_depth)
+from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
+from structflow_ros.online.pipeline import FramePipeline
+from structflow_ros.online.server import DepthServer
+from structflow_ros.online.state_dir import AdaptationStateDir, weights_fingerprint
+from structflow_ros.online.weight_store import VersionedWeightStore
+from structflow_ros.paths import default_weights_path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEP_NS = 100_000_000  # 10 Hz
+TINY = dict(height=64, width=96)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(**TINY, flow_branch=True, pose_branch=False)).eval()
+
+
+@pytest.fixture(scope='module')
+def tiny_drive():
+    return list(render_sequence('day', 30, TINY['height'], TINY['width'], seed=11))
+
+
+@pytest.fixture(scope='module')
+def shipped():
+    model, _ = load_model(default_weights_path())
+    return model
+
+
+@pytest.fixture(scope='module')
+def drive_pairs():
+    """8 held-out-style pairs of a synthetic drive at the shipped size, with exact depth."""
+    frames = list(render_sequence('day', 17, 96, 320, seed=31))
+    batch = {'frame0': torch.from_numpy(np.stack([f.rgb for f in frames[0:16:2]])),
+             'frame1': torch.from_numpy(np.stack([f.rgb for f in frames[1:17:2]]))}
+    batch = {key: value.permute(0, 3, 1, 2).contiguous() for key, value in batch.items()}
+    depth = [(f.depth, f.depth_valid) for f in frames[0:16:2]]
+    return ScoringPairs.from_batch(batch), depth
+
+
+def damaged_copy(model, scale=0.6, seed=0):
+    """The model with noise on its encoder: a constructed worse candidate."""
+    damaged = build_model(model.config)
+    damaged.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in damaged.structure_encoder.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.add_(scale * parameter.std().clamp_min(1e-3) * noise)
+    return damaged.eval()
+
+
+def abs_rel(model, pairs, depth):
+    predicted = 1.0 / inverse_depth(model, pairs.frame0)[:, 0].numpy()
+    return float(np.mean([depth_metrics(p, gt, valid)['abs_rel']
+                          for p, (gt, valid) in zip(predicted, depth)]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The gate
+# ----------------------------------------------------------------------------------------------
+def test_gate_accepts_a_better_candidate_and_refuses_a_worse_one(shipped, drive_pairs):
+    pairs, depth = drive_pairs
+    worse = damaged_copy(shipped)
+    # Ground truth agrees that the damaged copy is worse: the test constructs what it claims.
+    assert abs_rel(worse, pairs, depth) > abs_rel(shipped, pairs, depth) * 1.1
+    gate = DepthGate(GateConfig(criterion='rigid_fit', min_pairs=4))
+    better = gate.judge(served_model=worse, candidate_model=shipped, pairs=pairs)
+    assert better.accepted, better.reason
+    assert better.candidate_score < better.served_score and better.win_fraction >= 0.6
+    refused = gate.judge(served_model=shipped, candidate_model=worse, pairs=pairs)
+    assert not refused.accepted and 'not 1% below the served' in refused.reason
+
+
+def test_gate_refuses_non_finite_too_few_pairs_and_forgetting(shipped, drive_pairs):
+    pairs, _ = drive_pairs
+    gate = DepthGate(GateConfig(min_pairs=4))
+    broken = damaged_copy(shipped)
+    with torch.no_grad():
+        broken.depth_decoder.parameters().__next__().fill_(float('nan'))
+    decision = gate.judge(shipped, broken, pairs)
+    assert not decision.accepted and 'not finite' in decision.reason
+    few = ScoringPairs(pairs.frame0[:2], pairs.frame1[:2], pairs.flow[:2])
+    decision = gate.judge(damaged_copy(shipped), shipped, few)
+    assert not decision.accepted and 'only 2 held-out pairs (need 4)' in decision.reason
+
+    # A candidate better on the live pairs but worse on the source probe is forgetting.
+    probe = DepthProbe(pairs.frame0, np.stack([d for d, _ in drive_pairs[1]]),
+                       np.stack([v for _, v in drive_pairs[1]]))
+    strict = DepthGate(GateConfig(min_pairs=4, source_tolerance=0.0), probe, shipped)
+    strict.source_reference = probe.abs_rel(shipped) * 0.5  # the candidate is "worse" than it
+    decision = strict.judge(damaged_copy(shipped), shipped, pairs)
+    assert not decision.accepted and 'forgetting' in decision.reason
+    assert decision.source_abs_rel > decision.source_limit
+
+
+def test_every_criterion_scores_each_pair(shipped, drive_pairs):
+    pairs, _ = drive_pairs
+    frames = list(render_sequence('day', 2, 96, 320, seed=31))
+    with_k = ScoringPairs(pairs.frame0, pairs.frame1, pairs.flow,
+                          torch.from_numpy(frames[0].K).float().expand(len(pairs), 3, 3))
+    scores = criterion_scores(shipped, with_k)
+    assert set(scores) == {'rigid_fit', 'reprojection', 'temporal', 'flow_loss'}
+    for name, values in scores.items():
+        assert values.shape == (len(pairs),) and torch.isfinite(values).all(), name
+    # Without K, reprojection cannot run and says so with NaN (never a made-up number).
+    assert torch.isnan(criterion_scores(shipped, pairs, ('reprojection',))['reprojection']).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapter
+# ----------------------------------------------------------------------------------------------
+def make_adapter(tmp_path, tiny_drive, feed=True, resume=True, model=None, **config):
+    model = model or tiny_model()
+    store = VersionedWeightStore()
+    store.publish(model.state_dict(), {'model_config': model.config})
+    buffer = PairBuffer(PairBufferConfig(**TINY, recent=8, reservoir=8, holdout=6,
+                                         holdout_every=3))
+    values = dict(steps_per_candidate=3, min_train_pairs=4, source_frames_per_domain=4,
+                  source_domains=('day',), gate=GateConfig(min_pairs=2), threads=0)
+    values.update(config)
+    adapter = OnlineAdapter(model.state_dict(), model.config, store, buffer,
+                            AdapterConfig(**values), state_dir=tmp_path / 'state',
+                            resume=resume)
+    if feed:
+        for index, frame in enumerate(tiny_drive):
+            buffer.add_frame(frame.rgb, index * STEP_NS)
+    return adapter, store
+
+
+def test_adapter_trains_judges_publishes_and_saves_without_ros(tmp_path, tiny_drive):
+    adapter, store = make_adapter(tmp_path, tiny_drive)
+    before = {k: v.clone() for k, v in adapter.training_model.state_dict().items()}
+    decision = adapter.cycle()
+    assert decision is not None and adapter.counts['steps'] == 3
+    assert adapter.counts['skipped_steps'] == 0
+    changed = [k for k, v in adapter.training_model.state_dict().items()
+               if not torch.equal(v, before[k])]
+    # The default adapts the encoder's BatchNorm scales and shifts only: nothing else moved,
+    # and the BatchNorm running statistics are frozen.
+    norm_affine = set(set_trainable(build_model(adapter.model_config), 'norm_affine'))
+    assert changed and set(changed) <= norm_affine
+    assert not any('running_' in k for k in changed)
+    # Force the decision both ways through the real gate.
+    adapter.gate.config.margin = -1.0  # any finite candidate passes
+    adapter.gate.config.min_win_fraction = 0.0
+    adapter.gate.probe = None
+    accepted = adapter.propose()
+    assert accepted.accepted and store.version == adapter.served_version == 2
+    saved = read_checkpoint(adapter.state_dir.path)
+    assert saved['version'] == 2 and saved['stage'] == 'online_adaptation'
+    assert torch.equal(saved['state_dict']['structure_encoder.conv1.weight'],
+                       adapter.accepted_model.structure_encoder.conv1.weight)
+    status = adapter.status()
+    assert status['adaptation_candidates_accepted'] == 1
+    assert status['adaptation_state_file'] == str(adapter.state_dir.path)
+
+
+def test_nan_weights_and_a_diverging_lr_roll_back_while_serving_continues(tmp_path, tiny_drive):
+    adapter, store = make_adapter(tmp_path, tiny_drive)
+    server = DepthServer(store, 'cpu', backend='eager')
+    server.start()
+    pipeline = FramePipeline(server)
+    rgb = tiny_drive[0].rgb
+    reference = pipeline.process(rgb, 0).depth
+    try:
+        adapter.train_step()
+        with torch.no_grad():  # NaN lands in the trainable weights (a bad update)
+            adapter.training_model.structure_encoder.bn1.weight[0] = float('nan')
+        adapter.train_step()
+        assert adapter.counts['rollbacks'] == 1 and 'rolled back' in adapter.last_error
+        assert adapter._weights_finite()
+        for name, value in adapter.training_model.state_dict().items():
+            assert torch.equal(value, adapter.accepted_model.state_dict()[name]), name
+
+        for group in adapter.optimizer.param_groups:  # a diverging learning rate
+            group['lr'] = 1e12
+        for _ in range(3):
+            adapter.train_step()
+        decision = adapter.propose()
+        assert not decision.accepted
+        assert adapter._weights_finite() and adapter.counts['rollbacks'] >= 2
+        # Nothing was published; serving went on with the first version, same depth.
+        assert store.version == 1 and server.served.version == 1
+        result = pipeline.process(rgb, 1)
+        assert result.version == 1 and np.array_equal(result.depth, reference)
+    finally:
+        server.close()
+
+
+def test_restart_resumes_the_last_accepted_state_and_refuses_foreign_ones(tmp_path, tiny_drive):
+    adapter, _ = make_adapter(tmp_path, tiny_drive)
+    adapter.cycle()
+    adapter.gate.config.margin, adapter.gate.config.min_win_fraction = -1.0, 0.0
+    adapter.gate.probe = None
+    assert adapter.propose().accepted
+    accepted = adapter.accepted_model.state_dict()
+
+    resumed, store = make_adapter(tmp_path, tiny_drive, feed=False)
+    assert 'resumed adapted version 2' in resumed.resumed
+    assert store.version == 2  # the resumed state is what serves from the start
+    for name, value in accepted.items():
+        assert torch.equal(resumed.accepted_model.state_dict()[name], value), name
+
+    fresh, store = make_adapter(tmp_path, tiny_drive, feed=False, resume=False)
+    assert store.version == 1 and fresh.resumed == ''
+    other, store = make_adapter(tmp_path, tiny_drive, feed=False, model=tiny_model(seed=5))
+    assert store.version == 1 and 'adapted from other base weights' in other.resumed
+
+    message = resumed.reset()
+    assert 'reset to the base weights' in message and not resumed.state_dir.path.exists()
+    assert resumed.served_version == store.version or resumed.store.version == 3
+
+
+def test_adapter_thread_pauses_resumes_and_stops(tmp_path, tiny_drive):
+    adapter, _ = make_adapter(tmp_path, tiny_drive, duty_cycle=1.0)
+    adapter.start()
+    try:
+        deadline = time.monotonic() + 60
+        while adapter.counts['steps'] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert adapter.counts['steps'] >= 2, adapter.status()
+        assert adapter.set_enabled(False) == 'adaptation paused'
+        deadline = time.monotonic() + 30
+        while adapter.phase != 'paused' and time.monotonic() < deadline:
+            time.sleep(0.05)
+        paused_at = adapter.counts['steps']
+        time.sleep(0.5)
+        assert adapter.counts['steps'] == paused_at and adapter.phase == 'paused'
+        adapter.set_enabled(True)
+        deadline = time.monotonic() + 30
+        while adapter.counts['steps'] == paused_at and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert adapter.counts['steps'] > paused_at
+    finally:
+        adapter.stop()
+    assert not any(t.name == ADAPTER_THREAD_NAME for t in threading.enumerate())
+
+
+def test_bad_adapter_settings_are_refused_with_the_reason(tiny_drive):
+    with pytest.raises(ValueError, match="trainable 'everything' is not one of"):
+        AdapterConfig(trainable='everything')
+    with pytest.raises(ValueError, match='duty_cycle=0'):
+        AdapterConfig(duty_cycle=0)
+    with pytest.raises(ValueError, match="unknown gate criterion 'vibes'"):
+        GateConfig(criterion='vibes')
+    model = build_model(ModelConfig(**TINY, flow_branch=False, pose_branch=False))
+    with pytest.raises(ValueError, match='trains through the flow branch'):
+        OnlineAdapter(model.state_dict(), model.config, VersionedWeightStore(), PairBuffer())
+    with pytest.raises(ValueError, match='state directory is empty'):
+        AdaptationStateDir('  ')
+
+
+# ----------------------------------------------------------------------------------------------
+# Swap atomicity and crash-safe persistence
+# ----------------------------------------------------------------------------------------------
+def test_every_output_during_swaps_is_exactly_one_versions_output(tiny_drive):
+    models = [tiny_model(seed) for seed in (0, 1)]
+    rgb = tiny_drive[3].rgb
+    store = VersionedWeightStore()
+    store.publish(models[0].state_dict(), {'model_config': models[0].config})
+    server = DepthServer(store, 'cpu', backend='eager')
+    server.start()
+    pipeline = FramePipeline(server)
+    expected = {}
+    try:
+        expected[1] = pipeline.process(rgb, 0).depth
+        outputs, published = [], 1
+        deadline = time.monotonic() + 120
+        while published < 7 and time.monotonic() < deadline:
+            if server.served.version == published:  # the last one serves: publish the next
+                published = store.publish(models[published % 2].state_dict(),
+                                          {'model_config': models[0].config})
+            pipeline.between_frames()
+            result = pipeline.process(rgb, len(outputs))
+            outputs.append((result.version, result.depth))
+        assert published == 7 and len({version for version, _ in outputs}) >= 5
+        reference = {0: expected[1], 1: None}
+        for version, depth in outputs:
+            parity = (version - 1) % 2
+            if reference[parity] is None:
+                reference[parity] = depth
+            # Exactly the output of the version it reports, never a mix of two.
+            np.testing.assert_array_equal(depth, reference[parity])
+        assert not np.allclose(reference[0], reference[1])
+    finally:
+        server.close()
+
+
+SAVE_LOOP = r'''
+import sys, torch
+from structflow_ros.core import ModelConfig, build_model
+from structflow_ros.online.state_dir import AdaptationStateDir
+model = build_model(ModelConfig(height=64, width=96, flow_branch=True, pose_branch=False))
+state = AdaptationStateDir(sys.argv[1])
+print('ready', flush=True)
+version = 0
+while True:
+    version += 1
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float(version))
+    state.save(model, store_version=version, step=version, base_fingerprint='base')
+'''
+
+
+def test_sigkill_during_saves_never_leaves_an_unreadable_state(tmp_path):
+    """A process saving in a loop is SIGKILLed at random instants; every time, what is on
+    disk is a complete state (all weights equal to the version it records) or no state."""
+    directory = tmp_path / 'state'
+    rng = np.random.default_rng(0)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
+    seen_versions = []
+    for _ in range(int(os.environ.get('STRUCTFLOW_KILL_LOOPS', '12'))):
+        process = subprocess.Popen([sys.executable, '-c', SAVE_LOOP, str(directory)],
+                                   stdout=subprocess.PIPE, env=env)
+        assert process.stdout.readline().strip() == b'ready'
+        time.sleep(rng.uniform(0.05, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        state, info = AdaptationStateDir(directory).load('base')
+        if state is None:
+            assert 'no saved state' in info, info
+            continue
+        version = info['version']
+        values = torch.cat([t.float().reshape(-1) for k, t in state.items()
+                            if 'running_' not in k and 'num_batches' not in k])
+        assert torch.all(values == version), f'state of version {version} is mixed'
+        seen_versions.append(version)
+    assert seen_versions, 'no save completed before any kill (nothing was tested)'
+    # Temp files of interrupted saves are cleaned when the directory is opened again.
+    AdaptationStateDir(directory)
+    assert not [p for p in directory.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_a_failing_disk_keeps_the_old_state_and_says_so(tmp_path, tiny_drive, monkeypatch):
+    adapter, _ = make_adapter(tmp_path, tiny_drive)
+    ok, message = adapter.save()
+    assert ok and 'saved version 1' in message
+    before = adapter.state_dir.path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    ok, message = adapter.save()
+    assert not ok and 'No space left on device' in message
+    assert 'previous saved state is unchanged' in message
+    assert adapter.state_dir.path.read_bytes() == before
+    assert adapter.counts['save_failures'] == 1
+    assert not [p for p in adapter.state_dir.directory.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_weights_fingerprint_follows_the_values():
+    a, b = tiny_model(0).state_dict(), tiny_model(1).state_dict()
+    assert weights_fingerprint(a) == weights_fingerprint(dict(a))
+    assert weights_fingerprint(a) != weights_fingerprint(b)
