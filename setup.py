@@ -27,7 +27,7 @@ setup(
     entry_points={
         'console_scripts': [
             'structflow = structflow_ros.cli.main:main',
-            'depth_node = structflow_ros.ros.depth_node:main',
+            'depth_node = structflow_ros.ros.entry:depth_node',
         ],
     },
 )

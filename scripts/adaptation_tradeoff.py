@@ -45,7 +45,9 @@ def run(configs, every, out):
         store = VersionedWeightStore()
         store.publish(state, {'model_config': model_config})
         buffer = PairBuffer()
-        adapter = OnlineAdapter(state, model_config, store, buffer, adapter_config)
+        # The calibrated mode gets the renderer's intrinsics (at the network size).
+        adapter = OnlineAdapter(state, model_config, store, buffer, adapter_config,
+                                camera_K=stream[0].K)
         adapter.prepare()
         rows = [(0, *depth(adapter.training_model))]
         index, started = 0, time.time()
@@ -71,6 +73,8 @@ def label(config):
         text += f', replay {replay:g} ({kind})'
     if config.get('l2sp_weight'):
         text += f", L2-SP {config['l2sp_weight']:g}"
+    if config.get('reprojection_weight'):
+        text += f", calibrated reprojection {config['reprojection_weight']:g}"
     return text
 
 

@@ -179,6 +179,20 @@ def test_adapter_trains_judges_publishes_and_saves_without_ros(tmp_path, tiny_dr
     assert status['adaptation_state_file'] == str(adapter.state_dir.path)
 
 
+def test_calibrated_mode_adds_the_reprojection_loss_through_the_depth(tmp_path, tiny_drive):
+    adapter, _ = make_adapter(tmp_path, tiny_drive, reprojection_weight=1.0)
+    metrics = adapter.train_step()
+    assert 'reprojection' not in metrics  # no intrinsics yet: calibration-free
+    adapter.set_camera(tiny_drive[0].K * [[2], [2], [1]], (2 * TINY['height'], 2 * TINY['width']))
+    np.testing.assert_allclose(adapter.camera_K, tiny_drive[0].K, rtol=1e-6)
+    before = {k: v.clone() for k, v in adapter.training_model.state_dict().items()}
+    metrics = adapter.train_step()
+    assert np.isfinite(metrics['reprojection']) and metrics['reprojection'] > 0
+    assert metrics['loss_regularizer'] > 0 and metrics['skipped'] == 0
+    assert any(not torch.equal(v, before[k]) for k, v in adapter.training_model.state_dict()
+               .items())
+
+
 def test_nan_weights_and_a_diverging_lr_roll_back_while_serving_continues(tmp_path, tiny_drive):
     adapter, store = make_adapter(tmp_path, tiny_drive)
     server = DepthServer(store, 'cpu', backend='eager')
@@ -378,3 +392,16 @@ def test_weights_fingerprint_follows_the_values():
     a, b = tiny_model(0).state_dict(), tiny_model(1).state_dict()
     assert weights_fingerprint(a) == weights_fingerprint(dict(a))
     assert weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def test_training_pairs_see_frames_exactly_as_the_served_network():
+    """One preprocessing: what the adapter trains on is what the served network sees."""
+    from structflow_ros.core.inference import DepthPredictor
+    rgb = (np.random.default_rng(2).random((150, 260, 3)) * 255).astype(np.uint8)
+    buffer = PairBuffer(PairBufferConfig(**TINY))
+    buffer.add_frame(rgb, 0)
+    buffer.add_frame(np.roll(rgb, 7, axis=1), STEP_NS)
+    stored = buffer.sample(1)['frame0'][0].float() / 255  # (3, H, W)
+    served = DepthPredictor(tiny_model(), 'cpu').preprocess(rgb)[0]
+    assert stored.shape == served.shape
+    assert float((stored - served).abs().max()) <= 0.5 / 255 + 1e-6

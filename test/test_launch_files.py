@@ -13,6 +13,7 @@ import os
 import py_compile
 import runpy
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -31,7 +32,7 @@ LAUNCH_FILE = REPO_ROOT / 'launch' / 'depth.launch.py'
 PARAMS_FILE = REPO_ROOT / 'config' / 'structflow.yaml'
 RVIZ_FILE = REPO_ROOT / 'config' / 'structflow.rviz'
 REQUIRED_ARGUMENTS = {'camera', 'camera_info', 'namespace', 'params_file', 'device', 'backend',
-                      'rviz'}
+                      'adapt', 'rviz'}
 
 
 STANDINS = REPO_ROOT / 'test' / 'ros_standins'
@@ -142,9 +143,9 @@ def test_launch_file_compiles():
 
 def test_launch_starts_the_installed_depth_node(setup_kwargs):
     scripts = setup_kwargs['entry_points']['console_scripts']
-    assert 'depth_node = structflow_ros.ros.depth_node:main' in scripts
-    module = importlib.import_module('structflow_ros.ros.depth_node')
-    assert callable(module.main)
+    assert 'depth_node = structflow_ros.ros.entry:depth_node' in scripts
+    module = importlib.import_module('structflow_ros.ros.entry')
+    assert callable(module.depth_node)
     assert setup_kwargs['name'] == 'structflow'
     assert installed(setup_kwargs, LAUNCH_FILE) == 'share/structflow/launch/depth.launch.py'
 
@@ -200,3 +201,24 @@ def test_shipped_files_match_the_install_globs(setup_kwargs):
         relative = str(path.relative_to(REPO_ROOT))
         assert relative in sources and any(fnmatch.fnmatch(relative, p) for p in (
             'launch/*.launch.py', 'config/*.yaml', 'config/*.rviz'))
+
+
+@pytest.mark.parametrize('delay_s', [0.3, 1.5, 8.0])
+def test_ctrl_c_right_after_start_exits_quietly(delay_s, tmp_path):
+    """Issue 12 defect 9: SIGINT while torch and rclpy import gave a traceback and exit -2.
+    The installed entry point (what `ros2 run` calls) exits 0 without a traceback whenever the
+    interrupt lands (during the imports, during start-up or while spinning)."""
+    import signal
+    import subprocess
+    env = dict(os.environ, ROS_LOG_DIR=str(tmp_path / 'log'),
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    process = subprocess.Popen(
+        [sys.executable, '-c', 'import sys; from structflow_ros.ros.entry import depth_node; '
+         "sys.exit(depth_node(['--ros-args', '-p', 'backend:=eager', '-p', 'threads:=1']))"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    text = output.decode(errors='replace')
+    assert process.returncode == 0, text[-2000:]
+    assert 'Traceback' not in text, text[-2000:]

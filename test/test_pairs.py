@@ -3,6 +3,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from structflow_ros.core.inference import network_frame_uint8
 from torch.utils.data import DataLoader
 
 from structflow_ros.data.pairs import collate, FramePairDataset, PairSamplingConfig
@@ -39,7 +41,8 @@ def frame_number(tensor, offset=0):
 
 
 def resized(frame):
-    return cv2.resize(frame, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    """The served network's preprocessing: training pairs must see frames exactly so."""
+    return network_frame_uint8(frame, (HEIGHT, WIDTH))
 
 
 def test_shapes_dtypes_and_frame_correspondence():

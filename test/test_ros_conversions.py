@@ -725,3 +725,51 @@ def test_a_bad_camera_info_costs_only_the_outputs_that_need_it(in_process_node):
     node._camera_info._remember(pinhole_camera_info(48, 64, 'cam'))
     depth_info, rays = node._depth_camera(Header(), 64, 48, 64, 48, node._live_settings())
     assert depth_info is not None and np.isfinite(rays).all()
+
+
+class _RecordingLogger:
+    """Stands in for the node's rclpy logger only to count what it would print."""
+
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, text):
+        self.lines.append(text)
+
+    info = error = warning
+
+
+def test_camera_info_mismatch_warnings_are_bounded_when_the_size_changes_every_frame(
+        in_process_node, monkeypatch):
+    """Issue 12 defect 6: the mismatch warning was once per text, so an image size changing
+    every frame logged every frame and the set of warned texts grew without bound."""
+    node = in_process_node
+    logger = _RecordingLogger()
+    monkeypatch.setattr(node, 'get_logger', lambda: logger)
+    node._camera_info._remember(pinhole_camera_info(48, 64, 'cam'))
+    for index in range(40):
+        height, width = 40 + index, 60 + 2 * index  # a new size, so a new mismatch text
+        depth_info, _ = node._depth_camera(Header(), width, height, width, height,
+                                           node._live_settings())
+        assert depth_info is not None
+    mismatch = [line for line in logger.lines if 'differs from the image' in line]
+    assert len(mismatch) == 1, mismatch[:3]
+    assert not hasattr(node, '_warned_once')  # no per-text memory left to grow
+
+
+def test_camera_height_mode_names_the_real_reason_for_missing_intrinsics(in_process_node):
+    """Issue 12 defect 7: K all zeros said 'none received yet' in camera_height mode."""
+    from structflow_ros.ros.scaling import ScaleUnavailable
+    node = in_process_node
+    assert node.set_parameters([Parameter('depth_mode', value='camera_height')])[0].successful
+    settings = node._live_settings()
+    uncalibrated = pinhole_camera_info(48, 64, 'cam')
+    uncalibrated.k = [0.0] * 9
+    node._camera_info._remember(uncalibrated)
+    _, rays = node._depth_camera(Header(), 64, 48, 64, 48, settings)
+    assert rays is None
+    node._scaler.configure('camera_height', 1.0, 1.0)
+    with pytest.raises(ScaleUnavailable) as error:
+        node._scaler.apply(np.ones((48, 64), np.float32), rays, node._rays_missing)
+    assert 'none received' not in str(error.value)
+    assert 'K[0] or K[4] <= 0' in str(error.value)

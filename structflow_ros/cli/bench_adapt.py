@@ -31,7 +31,8 @@ from structflow_ros.core.checkpoint import read_checkpoint
 from structflow_ros.core.networks import build_model
 from structflow_ros.core.checkpoint import load_state_strict
 from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter
-from structflow_ros.online.gate import CRITERIA, GateConfig, ScoringPairs, criterion_scores
+from structflow_ros.online.gate import (CRITERIA, DepthProbe, GateConfig, ScoringPairs,
+                                        criterion_scores)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
 from structflow_ros.online.server import DepthServer
@@ -198,11 +199,14 @@ def gate_study(args):
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    gate_config = GateConfig()
+    probe = DepthProbe.synthetic(*size)  # the gate's source probe, as the adapter builds it
+    base = full_model(base_state, config)
+    probe_base = probe.abs_rel(base)
     for stream_name in args.streams:
         stream = make_stream(stream_name, *size, frames=args.frames)
         evaluation = stream.evaluation()
         K = _scaled_K(stream.K, stream.frames[0].shape[:2], size)
-        base = full_model(base_state, config)
         base_depth = evaluate(base, evaluation)
         for variant in variants:
             store = VersionedWeightStore()
@@ -225,6 +229,7 @@ def gate_study(args):
                        'abs_rel_base': base_depth['abs_rel'], 'abs_rel': depth['abs_rel'],
                        'true_change': depth['abs_rel'] / base_depth['abs_rel'] - 1,
                        'true_change_step': depth['abs_rel'] / previous_depth['abs_rel'] - 1}
+                row['probe_change'] = probe.abs_rel(candidate) / probe_base - 1
                 for name in CRITERIA:
                     new = float(scores[name].double().mean())
                     row[f'{name}_change'] = new / float(base_scores[name].double().mean()) - 1
@@ -241,9 +246,20 @@ def gate_study(args):
     out.write_text(report)
 
 
+def gate_accepts(row, name, config=None):
+    """Would the gate (criterion `name`, default GateConfig) accept this candidate against
+    the base? Criterion lower by the margin on enough pairs, and the source probe within
+    tolerance."""
+    config = config or GateConfig()
+    return (row[f'{name}_change'] < -config.margin
+            and row[f'{name}_wins'] >= config.min_win_fraction
+            and row.get('probe_change', 0.0) <= config.source_tolerance)
+
+
 def gate_study_table(rows, margin=0.01):
     lines = ['| criterion | Spearman vs true AbsRel change (all / synthetic / real) | '
-             'candidates | accepted at margin | of those, depth better | sign agreement |',
+             'candidates | criterion alone: accepted (depth better) | with the source probe: '
+             'accepted (depth better) | sign agreement |',
              '|---|---|---|---|---|---|']
     real = [r for r in rows if r['stream'] in REAL_STREAMS]
     synthetic = [r for r in rows if r['stream'] not in REAL_STREAMS]
@@ -255,9 +271,11 @@ def gate_study_table(rows, margin=0.01):
         usable = [r for r in rows if math.isfinite(r[key])]
         accepted = [r for r in usable if r[key] < -margin]
         better = [r for r in accepted if r['true_change'] < 0]
+        gated = [r for r in usable if gate_accepts(r, name, GateConfig(margin=margin))]
+        gated_better = [r for r in gated if r['true_change'] < 0]
         agree = [r for r in usable if (r[key] < 0) == (r['true_change'] < 0)]
         lines.append(f'| {name} | {rho_all:+.2f} / {rho_syn:+.2f} / {rho_real:+.2f} | {count} | '
-                     f'{len(accepted)} | {len(better)} | '
+                     f'{len(accepted)} ({len(better)}) | {len(gated)} ({len(gated_better)}) | '
                      f'{len(agree) / max(1, len(usable)):.0%} |')
     return '\n'.join(lines) + '\n'
 
@@ -299,6 +317,7 @@ def serve_stream(pipeline, stream, seconds, rate, on_frame=None):
 
 def adapt_stream(stream, base_state, config, args, adapter_config):
     """One stream through the pipeline with the adapter thread; the row of the table."""
+    seconds = args.seconds if stream.name in SYNTHETIC_STREAMS else args.short_seconds
     size = (config.height, config.width)
     store = VersionedWeightStore()
     store.publish(base_state, {'model_config': config})
@@ -323,7 +342,7 @@ def adapt_stream(stream, base_state, config, args, adapter_config):
     adapter._log = log
     adapter.start()
     try:
-        served = serve_stream(pipeline, stream, args.seconds, args.rate)
+        served = serve_stream(pipeline, stream, seconds, args.rate)
     finally:
         adapter.stop()
         server.close()
@@ -346,10 +365,10 @@ def adapt_stream(stream, base_state, config, args, adapter_config):
         'before': before, 'after': after, 'source_before': source_before,
         'source_after': source_after, 'accepted': counts['accepted'],
         'refused': counts['refused'], 'rollbacks': counts['rollbacks'],
-        'steps': counts['steps'], 'steps_per_s': counts['steps'] / args.seconds,
+        'steps': counts['steps'], 'steps_per_s': counts['steps'] / seconds,
         'output_hz': served['output_hz'], 'versions_served': sorted(set(served['versions'])),
         'scores': scores, 'last_decision': adapter.last_decision.reason
-        if adapter.last_decision else '', 'buffer': buffer.stats(), 'seconds': args.seconds,
+        if adapter.last_decision else '', 'buffer': buffer.stats(), 'seconds': seconds,
     }
 
 
@@ -426,6 +445,8 @@ def add_arguments(sub):
         'fog', 'night', 'kitti', 'dashcam', *HARMFUL_STREAMS])
     adapt.add_argument('--seconds', type=float, default=300.0,
                        help='camera time per stream (the target is 5 minutes of fog)')
+    adapt.add_argument('--short-seconds', type=float, default=90.0,
+                       help='camera time of the real and harmful streams')
     adapt.add_argument('--rate', type=float, default=10.0, help='camera rate, Hz')
     adapt.add_argument('--frames', type=int, default=600, help='frames rendered per stream')
     adapt.add_argument('--backend', default='auto')

@@ -1,10 +1,40 @@
-"""Serving-side helpers: arbitrary input sizes and a depth predictor owned by one thread."""
+"""Serving-side helpers: the one network preprocessing, arbitrary input sizes and a depth
+predictor owned by one thread."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from structflow_ros.core.config import SIZE_MULTIPLE
 from structflow_ros.core.networks import disp_to_depth
+
+
+def network_frame(rgb, size, device='cpu'):
+    """THE preprocessing of a camera frame for the network, shared by serving (DepthPredictor),
+    training and adaptation (data/pairs.prepare_frame, the live pair buffer) and evaluation:
+    (H, W, 3) uint8 RGB numpy -> (1, 3, h, w) float [0, 1] on `device`, resized to `size`
+    (h, w) with antialiased bilinear interpolation (no-op at that size). The uint8 frame
+    crosses to the device (4x fewer bytes than float); the rest runs there."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        shape = getattr(rgb, 'shape', None)
+        raise ValueError(f'expected an RGB image of shape (H, W, 3), got {shape}')
+    if rgb.dtype != np.uint8:
+        raise ValueError(f'expected uint8 RGB, got {rgb.dtype}')
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    tensor = tensor.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W)
+    if tuple(tensor.shape[-2:]) != tuple(size):
+        tensor = F.interpolate(tensor, size=tuple(size), mode='bilinear', align_corners=False,
+                               antialias=True)
+    return tensor
+
+
+def network_frame_uint8(rgb, size):
+    """`network_frame`, stored compactly: (h, w, 3) uint8 numpy (what training batches hold;
+    rounding costs at most half a grey level)."""
+    tensor = network_frame(rgb, size)
+    if tensor.shape[-2:] == rgb.shape[:2]:
+        return np.ascontiguousarray(rgb)
+    return tensor[0].mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0) \
+        .contiguous().numpy()  # (3, h, w) -> (h, w, 3)
 
 
 def pad_to_multiple(image, multiple=SIZE_MULTIPLE):
@@ -72,18 +102,7 @@ class DepthPredictor:
 
     def preprocess(self, rgb):
         """(H, W, 3) uint8 RGB numpy -> (1, 3, h, w) float [0, 1] tensor at the network size."""
-        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
-            shape = getattr(rgb, 'shape', None)
-            raise ValueError(f'expected an RGB image of shape (H, W, 3), got {shape}')
-        if rgb.dtype != np.uint8:
-            raise ValueError(f'expected uint8 RGB, got {rgb.dtype}')
-        # uint8 crosses to the device (4x fewer bytes than float), the rest runs there.
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        tensor = tensor.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W)
-        if tuple(tensor.shape[-2:]) != self.input_size:
-            tensor = F.interpolate(tensor, size=self.input_size, mode='bilinear',
-                                   align_corners=False, antialias=True)
-        return tensor
+        return network_frame(rgb, self.input_size, self.device)
 
     @torch.inference_mode()
     def predict_disparity(self, image):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from structflow_ros.core.inference import network_frame_uint8
 from structflow_ros.data.sources import SourceError, as_source
 
 # ITU-R BT.601 luma weights (what cv2.COLOR_RGB2GRAY uses).
@@ -88,14 +89,14 @@ class PairSamplingConfig:
 
 def prepare_frame(image: np.ndarray, height: int, width: int, static_width: int = 64
                   ) -> Tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 frame -> (frame resized to height x width with INTER_AREA, small grey frame
-    `static_width` pixels wide for the near-static test). Offline pairs and the live pair
-    buffer use this one function."""
+    """RGB uint8 frame -> (frame at height x width, preprocessed exactly as the served network
+    sees it (core.inference.network_frame), small grey frame `static_width` pixels wide for the
+    near-static test). Offline pairs and the live pair buffer use this one function."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise SourceError(f'frames must be RGB uint8 (H, W, 3), got {image.dtype} '
                           f'{image.shape}')
-    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    resized = network_frame_uint8(image, (height, width))
     small_height = max(1, round(static_width * height / width))
     grey = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
     small = cv2.resize(grey, (static_width, small_height), interpolation=cv2.INTER_AREA)

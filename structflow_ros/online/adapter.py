@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from structflow_ros.core.config import ModelConfig
-from structflow_ros.core.networks import build_model
+from structflow_ros.core.networks import build_model, disp_to_depth, normalize_image
 from structflow_ros.core.training import (L2SP, TRAINABLE_CHOICES, TrainStepConfig,
                                           make_optimizer, resolve_precision, set_trainable,
                                           train_step)
 from structflow_ros.core.checkpoint import load_state_strict
-from structflow_ros.online.gate import DepthGate, DepthProbe, GateConfig, ScoringPairs
+from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, ScoringPairs,
+                                        rigid_reprojection_error)
 from structflow_ros.online.state_dir import AdaptationStateDir, weights_fingerprint
 
 ADAPTER_THREAD_NAME = 'structflow-adapter'
@@ -61,6 +62,10 @@ class AdapterConfig:
     # also their supervised depth): holds the source domain. 0 = live pairs only.
     source_replay: float = 0.33
     source_depth: bool = False
+    # With the camera's intrinsics (camera_info): weight of the calibrated self-supervised depth
+    # loss on live pairs (photometric reprojection through the depth, the motion fitted to DIS
+    # flow; gate.rigid_reprojection_error). 0 = calibration-free (flow loss only).
+    reprojection_weight: float = 0.0
     source_domains: tuple = ('day', 'dusk', 'overcast')
     source_frames_per_domain: int = 24
     recent_fraction: float = 0.5  # of a live batch, from the newest pairs
@@ -84,6 +89,8 @@ class AdapterConfig:
                   'steps_per_candidate': isinstance(self.steps_per_candidate, int)
                   and self.steps_per_candidate >= 1,
                   'l2sp_weight': math.isfinite(self.l2sp_weight) and self.l2sp_weight >= 0,
+                  'reprojection_weight': math.isfinite(self.reprojection_weight)
+                  and self.reprojection_weight >= 0,
                   'source_replay': 0 <= self.source_replay < 1,
                   'recent_fraction': 0 <= self.recent_fraction <= 1,
                   'duty_cycle': 0 < self.duty_cycle <= 1,
@@ -145,7 +152,8 @@ class OnlineAdapter:
         self.device = torch.device(device)
         self.store = store
         self.buffer = buffer
-        self.camera_K = camera_K
+        self.camera_K = None if camera_K is None else np.asarray(camera_K, np.float64)
+        self._live_pairs = None
         self._log = log or (lambda level, text: None)
         self._lock = threading.RLock()  # guards both modules and the optimiser
         self._enabled = threading.Event()
@@ -239,11 +247,13 @@ class OnlineAdapter:
         if not self.ready_to_train():
             return None
         batch = self.buffer.sample(self.config.batch_size, self.config.recent_fraction)
+        calibrated = self.config.reprojection_weight > 0 and self.camera_K is not None
+        self._live_pairs = ScoringPairs.from_batch(batch, self.camera_K) if calibrated else None
         if self.source is not None:
             batch = self._with_source(batch)
         with self._lock:
             metrics = train_step(self.training_model, batch, self.optimizer, self.step_config,
-                                 step=self.counts['steps'], regularizer=self.regularizer)
+                                 step=self.counts['steps'], regularizer=self._extra_terms)
             self.counts['steps'] += 1
             self._steps_since_candidate += 1
             if metrics.get('skipped'):
@@ -271,6 +281,45 @@ class OnlineAdapter:
                 'depth_valid': torch.cat([torch.zeros(live_count, 1, height, width,
                                                       dtype=torch.bool),
                                           source['depth_valid']])}
+
+    def _extra_terms(self, model):
+        """train_step's regulariser hook: L2-SP and, with intrinsics, the calibrated
+        reprojection loss on the live pairs of this batch."""
+        total, metrics = torch.zeros((), device=self.device), {}
+        if self.regularizer is not None:
+            term, metrics = self.regularizer(model)
+            total = total + term
+        pairs = self._live_pairs
+        if pairs is not None:
+            with self._autocast():
+                disp = model(normalize_image(pairs.frame0.to(self.device)))['disp'][0]
+            rho = disp_to_depth(disp.float(), self.model_config.min_depth,
+                                self.model_config.max_depth)[0]
+            error, in_view = rigid_reprojection_error(rho, pairs.frame0.to(self.device),
+                                                      pairs.frame1.to(self.device),
+                                                      pairs.flow.to(self.device),
+                                                      pairs.K.to(self.device))
+            loss = (error * in_view).sum() / in_view.sum().clamp_min(1)
+            total = total + self.config.reprojection_weight * loss
+            metrics['reprojection'] = float(loss.detach())
+        return total, metrics
+
+    def _autocast(self):
+        dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(
+            self.step_config.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else _null_context()
+
+    def set_camera(self, K, image_size):
+        """Intrinsics of the camera (3x3, for an image of `image_size` (h, w)) scaled to the
+        network size; enables the calibrated loss when its weight is > 0."""
+        K = np.array(K, dtype=np.float64).reshape(3, 3)
+        if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+            self.camera_K = None  # uncalibrated (K all zeros) or unusable: calibration-free
+            return
+        height, width = image_size
+        K[0] *= self.model_config.width / width
+        K[1] *= self.model_config.height / height
+        self.camera_K = K
 
     def _weights_finite(self):
         return all(bool(torch.isfinite(p).all()) for p in self.training_model.parameters()

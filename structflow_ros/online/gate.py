@@ -165,27 +165,35 @@ def rigid_fit_scores(rho, flow, K=None, stride=4):
     return best
 
 
-def reprojection_scores(rho, frame0, frame1, flow, K, stride=4):
-    """Per-pair photometric error (B,) of frame 1 warped to frame 0 by the rigid flow that
-    the inverse depth implies under the motion fitted (with the known K) to the DIS flow."""
+def rigid_reprojection_error(rho, frame0, frame1, flow, K, stride=4):
+    """Per-pixel photometric error (B, 1, H, W) of frame 1 warped to frame 0 by the rigid flow
+    that inverse depth `rho` implies under the camera motion fitted (known K, rho detached) to
+    the classical `flow`, auto-masked by the unwarped error (monodepth2), and the in-view mask.
+    Differentiable in `rho`: the rigid flow is linear in it, so this is also a calibrated
+    self-supervised depth loss that needs no pose network."""
     batch, _, height, width = rho.shape
     cx, cy = float(K[0, 0, 2]), float(K[0, 1, 2])
     focal = K[:, 0, 0].float()
     x, y, index = _pixel_coordinates(height, width, stride, cx, cy, rho.device)
-    normalised = rho / rho.reshape(batch, -1)[:, index].median(1).values.clamp_min(1e-9)\
-        .view(batch, 1, 1, 1)
+    median = rho.detach().reshape(batch, -1)[:, index].median(1).values.clamp_min(1e-9)
+    normalised = rho / median.view(batch, 1, 1, 1)  # (B, 1, H, W), scale-free
     flow_points = flow.reshape(batch, 2, -1)[:, :, index].transpose(1, 2)
-    params, _, _ = fit_rigid_motion(normalised.reshape(batch, -1)[:, index], flow_points, x, y,
-                                    focal)
+    params, _, _ = fit_rigid_motion(normalised.detach().reshape(batch, -1)[:, index],
+                                    flow_points, x, y, focal)
     x_all, y_all, _ = _pixel_coordinates(height, width, 1, cx, cy, rho.device)
     design = _motion_design(x_all, y_all, normalised.reshape(batch, -1), focal)  # (B, 2HW, 6)
-    rigid = (design @ params.unsqueeze(-1)).reshape(batch, 2, height, width)
+    rigid = (design @ params.detach().unsqueeze(-1)).reshape(batch, 2, height, width)
     image0, image1 = normalize_image(frame0), normalize_image(frame1)
     warped, in_view = flow_warp(image1, rigid)
     error = photometric_error(image0, warped)
     identity = photometric_error(image0, image1)
-    best = torch.minimum(error, identity)  # auto-mask: static pixels carry no evidence
-    return (best * in_view).flatten(1).sum(1) / in_view.flatten(1).sum(1).clamp_min(1)
+    return torch.minimum(error, identity), in_view
+
+
+def reprojection_scores(rho, frame0, frame1, flow, K, stride=4):
+    """Per-pair mean of `rigid_reprojection_error` over in-view pixels (B,)."""
+    error, in_view = rigid_reprojection_error(rho, frame0, frame1, flow, K, stride)
+    return (error * in_view).flatten(1).sum(1) / in_view.flatten(1).sum(1).clamp_min(1)
 
 
 def temporal_scores(rho0, rho1, flow):

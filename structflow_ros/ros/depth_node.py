@@ -75,9 +75,10 @@ class DepthNode(Node):
         self._camera_info = None  # CameraInfoSource, made in _setup
         self.server = None
         self.adapter = None
+        self._adapter_camera = None
         self.pipeline = None
         self._last_warned = {}
-        self._warned_once = set()
+        self._rays_missing = ''  # why this frame has no rays (camera_height needs them)
         self._scaler = DepthScaler()
         self._rays = conversions.RayCache()
         self._thread = None
@@ -189,6 +190,7 @@ class DepthNode(Node):
             trainable=self._param('adapt_trainable'), lr=self._param('adapt_lr'),
             steps_per_candidate=self._param('adapt_steps_per_candidate'),
             source_replay=self._param('adapt_source_replay'),
+            reprojection_weight=self._param('adapt_reprojection_weight'),
             duty_cycle=self._param('adapt_duty_cycle'), threads=self._param('adapt_threads'),
             gate=GateConfig(criterion=self._param('adapt_gate')))
         pair_buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
@@ -359,7 +361,7 @@ class DepthNode(Node):
         self._scaler.configure(settings['depth_mode'], settings['depth_scale'],
                                settings['camera_height'])
         try:
-            depth = self._scaler.apply(model_depth, rays)
+            depth = self._scaler.apply(model_depth, rays, self._rays_missing)
         except ScaleUnavailable as error:
             self.stats.record_no_scale()
             self._warn_throttled('no_scale', f'no depth published: {error}')
@@ -389,7 +391,9 @@ class DepthNode(Node):
     def _depth_camera(self, header, width, height, out_width, out_height, settings):
         """Rescaled camera_info and rays for this frame, or (None, None) without camera_info."""
         info = self._camera_info.for_stamp(header.stamp)
+        self._rays_missing = ''
         if info is None:
+            self._rays_missing = f'none received on {self._info_sub.topic_name} yet'
             if settings['publish_points'] or settings['depth_mode'] == 'camera_height':
                 self._warn_throttled('no_camera_info', (
                     f'no camera_info received on {self._info_sub.topic_name} yet: no '
@@ -406,15 +410,25 @@ class DepthNode(Node):
                 'depth/camera_info and no depth/points until a valid one arrives'
                 + (', and no depth in camera_height mode'
                    if settings['depth_mode'] == 'camera_height' else '')))
+            self._rays_missing = f'the last one is unusable ({problem})'
             return None, None
+        if self.adapter is not None:
+            camera = (tuple(info.k), int(info.height), int(info.width))
+            if camera != self._adapter_camera:  # the calibrated adaptation loss may use it
+                self._adapter_camera = camera
+                self.adapter.set_camera(info.k, (info.height or height, info.width or width))
         depth_info, note = conversions.rescale_camera_info(info, width, height, out_width,
                                                            out_height, header)
         if note:
-            self._warn_once(f'info_mismatch:{note}', note)
+            # Per kind, throttled: a size that changes every frame makes a new text every
+            # frame (a set of warned texts would grow without bound and log every frame).
+            self._warn_throttled('info_mismatch', note, period=30.0)
         need_rays = settings['publish_points'] or settings['depth_mode'] == 'camera_height'
         rays = self._rays.rays(depth_info) if need_rays else None
         if self._rays.note:
-            self._warn_once(f'rays:{self._rays.note}', self._rays.note)
+            self._warn_throttled('rays', self._rays.note, period=30.0)
+        if rays is None and need_rays:
+            self._rays_missing = self._rays.note or 'camera_info gave no rays'
         return depth_info, rays
 
     # ------------------------------------------------------------------------------------------
@@ -425,11 +439,6 @@ class DepthNode(Node):
         now = time.monotonic()
         if now - self._last_warned.get(key, -1e9) >= period:
             self._last_warned[key] = now
-            self.get_logger().warning(text)
-
-    def _warn_once(self, key, text):
-        if key not in self._warned_once:
-            self._warned_once.add(key)
             self.get_logger().warning(text)
 
     def diagnostics_snapshot(self):

@@ -132,6 +132,9 @@ PARAMETERS = (
     ParamSpec('adapt_source_replay', 0.33, 'Share of each adaptation batch that is synthetic '
               'source-domain pairs with depth (holds the source domain).', read_only=True,
               float_range=(0.0, 0.9)),
+    ParamSpec('adapt_reprojection_weight', 0.0, 'With camera_info: weight of the calibrated '
+              'self-supervised depth loss (reprojection through the depth, motion fitted to '
+              'classical flow); 0 = calibration-free.', read_only=True, float_range=(0.0, 10.0)),
     ParamSpec('adapt_duty_cycle', 0.5, 'Fraction of wall time the adaptation thread may '
               'compute (the rest is left to inference).', float_range=(0.01, 1.0)),
     ParamSpec('adapt_threads', 1, 'torch threads of the adaptation thread (CPU); 0 = torch '

@@ -167,11 +167,13 @@ class DepthScaler:
     def unit(self):
         return 'relative (median 1.0)' if self.mode == 'relative' else 'm'
 
-    def apply(self, depth, rays=None):
+    def apply(self, depth, rays=None, rays_missing='none received yet'):
         """Model depth (H, W) -> published depth (H, W) float32.
 
         `rays` (H, W, 3) are the camera rays (x/z, y/z, 1) of each pixel (camera_height mode
-        only). Raises ScaleUnavailable when the frame cannot be given the asked-for unit.
+        only); `rays_missing` says why there are none (the error names the real cause: no
+        camera_info yet, an unusable one, K all zeros). Raises ScaleUnavailable when the frame
+        cannot be given the asked-for unit.
         """
         if self.mode == 'relative':
             self.last_scale = relative_scale(depth)
@@ -179,12 +181,12 @@ class DepthScaler:
         if self.mode == 'scale':
             self.last_scale = self.depth_scale
             return (depth * np.float32(self.depth_scale)).astype(np.float32, copy=False)
-        return depth * np.float32(self._camera_height_scale(depth, rays))
+        return depth * np.float32(self._camera_height_scale(depth, rays, rays_missing))
 
-    def _camera_height_scale(self, depth, rays):
+    def _camera_height_scale(self, depth, rays, rays_missing):
         if rays is None:
             raise ScaleUnavailable('depth_mode camera_height needs camera_info (intrinsics) to '
-                                   'back-project the depth; none received yet')
+                                   f'back-project the depth; {rays_missing}')
         height = depth.shape[0]
         start = int(round(self.ground.region_start * height))
         region = depth[start:]

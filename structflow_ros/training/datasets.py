@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from structflow_ros.core.inference import network_frame
 from structflow_ros.data.pairs import FramePairDataset, PairSamplingConfig, collate
 from structflow_ros.data.sources import ArraySource, Frame, SourceError, open_source
 
@@ -142,8 +143,9 @@ class DepthPairDataset(IterableDataset):
             yield self._sample(first, second, i in self.labelled[s], rng)
 
     def _sample(self, first, second, labelled, rng):
-        frame0 = torch.from_numpy(first.rgb).permute(2, 0, 1).float() / 255  # (3, H, W)
-        frame1 = torch.from_numpy(second.rgb).permute(2, 0, 1).float() / 255
+        # The served preprocessing (rendered at the network size: no resize happens).
+        frame0 = network_frame(first.rgb, first.rgb.shape[:2])[0]  # (3, H, W)
+        frame1 = network_frame(second.rgb, second.rgb.shape[:2])[0]
         depth = torch.from_numpy(np.ascontiguousarray(first.depth, np.float32))[None]
         valid = torch.from_numpy(first.depth_valid.astype(bool))[None] & (depth < self.max_depth)
         if not labelled:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from structflow_ros.core.inference import DepthPredictor, crop_to, pad_to_multiple
+from structflow_ros.core.inference import (DepthPredictor, crop_to, network_frame,
+                                          pad_to_multiple)
 from structflow_ros.core.metrics import (aggregate_depth_metrics, constant_depth_floor,
                                          depth_metrics, flow_metrics)
 
@@ -42,12 +43,7 @@ def predict_flow(model, rgb0, rgb1, device='cpu'):
     """Full-resolution flow (H, W, 2) in pixels from two RGB uint8 frames of any size."""
     height, width = rgb0.shape[:2]
     net_h, net_w = model.config.height, model.config.width
-    frames = []
-    for rgb in (rgb0, rgb1):
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
-        tensor = tensor.permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
-        frames.append(F.interpolate(tensor, size=(net_h, net_w), mode='bilinear',
-                                    align_corners=False, antialias=True))
+    frames = [network_frame(rgb, (net_h, net_w), device) for rgb in (rgb0, rgb1)]
     padded0, size = pad_to_multiple(frames[0])
     padded1, _ = pad_to_multiple(frames[1])
     flow = crop_to(model.flow(padded0, padded1)[0], size)  # (1, 2, h, w)
