@@ -253,3 +253,39 @@ def test_server_reports_a_version_that_cannot_be_built_and_keeps_serving():
         assert server.maybe_swap() is None
     finally:
         server.close()
+
+
+def test_weights_that_cannot_serve_are_refused_before_the_swap():
+    """Issue 12 defect 5: NaN, degenerate and too-slow weights replied 'serving version N' and
+    then no depth came. Each now fails a probe frame and the version before keeps serving."""
+    from structflow_ros.online.server import NotServableError, check_servable
+    store = VersionedWeightStore()
+    model = tiny_model()
+    store.publish(model.state_dict(), {'model_config': model.config})
+    server = DepthServer(store, 'cpu', backend='eager')
+    server.start()
+    try:
+        nan_state = {k: v.clone() for k, v in model.state_dict().items()}
+        key = next(k for k in nan_state if k.startswith('depth_decoder') and
+                   k.endswith('weight'))
+        nan_state[key].fill_(float('nan'))  # one poisoned decoder layer
+        version = store.publish(nan_state, {'model_config': model.config})
+        served, reason = server.wait_until_serving(version, 30.0)
+        assert not served and 'non-finite depth on a probe frame' in reason, reason
+
+        constant = {k: (torch.zeros_like(v) if k.startswith('depth_decoder') else v)
+                    for k, v in model.state_dict().items()}
+        version = store.publish(constant, {'model_config': model.config})
+        served, reason = server.wait_until_serving(version, 30.0)
+        assert not served and 'constant depth on a probe frame' in reason, reason
+        assert server.served.version == 1
+    finally:
+        server.close()
+    with pytest.raises(NotServableError, match=r'took .* s \(budget 0.0 s\)'):
+        check_servable(ServedModel.from_state(model.state_dict(), {'model_config': model.config},
+                                              1, 'cpu'), budget_s=0.0)
+    nan_store = VersionedWeightStore()
+    nan_store.publish({k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+                       for k, v in model.state_dict().items()}, {'model_config': model.config})
+    with pytest.raises(NotServableError, match='non-finite'):
+        DepthServer(nan_store, 'cpu', backend='eager').start()

@@ -41,8 +41,8 @@ from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter
 from structflow_ros.online.gate import GateConfig
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
-from structflow_ros.online.server import (DepthServer, read_serving_checkpoint,
-                                          resolve_weights_path)
+from structflow_ros.online.server import (DepthServer, NotServableError,
+                                          read_serving_checkpoint, resolve_weights_path)
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
 from structflow_ros.ros.camera_info_source import CameraInfoSource
@@ -125,6 +125,8 @@ class DepthNode(Node):
                                   self._param('backend'), self._threads, self._log)
         try:
             self.server.start()
+        except NotServableError as error:
+            raise StartupError(f'weights {self.weights_path} cannot serve: {error}') from None
         except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
             raise StartupError(f'cannot put the model from {self.weights_path} on '
                                f'{self.device}: {error}') from None
