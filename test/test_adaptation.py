@@ -61,7 +61,7 @@ def drive_pairs():
     return ScoringPairs.from_batch(batch), depth
 
 
-def damaged_copy(model, scale=0.6, seed=0):
+def damaged_copy(model, scale, seed=0):
     """The model with noise on its encoder: a constructed worse candidate."""
     damaged = build_model(model.config)
     damaged.load_state_dict(model.state_dict())
@@ -84,10 +84,10 @@ def abs_rel(model, pairs, depth):
 # ----------------------------------------------------------------------------------------------
 def test_gate_accepts_a_better_candidate_and_refuses_a_worse_one(shipped, drive_pairs):
     pairs, depth = drive_pairs
-    worse = damaged_copy(shipped)
+    worse = damaged_copy(shipped, scale=0.6)
     # Ground truth agrees that the damaged copy is worse: the test constructs what it claims.
     assert abs_rel(worse, pairs, depth) > abs_rel(shipped, pairs, depth) * 1.1
-    gate = DepthGate(GateConfig(criterion='rigid_fit', min_pairs=4))
+    gate = DepthGate(GateConfig(criterion='rigid_fit', margin=0.01, min_pairs=4))
     better = gate.judge(served_model=worse, candidate_model=shipped, pairs=pairs)
     assert better.accepted, better.reason
     assert better.candidate_score < better.served_score and better.win_fraction >= 0.6
@@ -95,24 +95,42 @@ def test_gate_accepts_a_better_candidate_and_refuses_a_worse_one(shipped, drive_
     assert not refused.accepted and 'not 1% below the served' in refused.reason
 
 
+def test_a_degraded_encoder_that_fools_the_criterion_is_refused_by_the_source_probe(
+        shipped, drive_pairs):
+    """The known blind spot of rigid_fit (docs/adaptation.md): heavy encoder noise gives
+    blander depth whose rigid-fit residual is *lower* although its AbsRel is worse. The source
+    probe (synthetic frames with exact depth) is what refuses it."""
+    pairs, depth = drive_pairs
+    fooling = damaged_copy(shipped, scale=1.2)
+    assert abs_rel(fooling, pairs, depth) > abs_rel(shipped, pairs, depth) * 1.1
+    criterion_only = DepthGate(GateConfig(margin=0.01, min_pairs=4))
+    fooled = criterion_only.judge(shipped, fooling, pairs)
+    assert fooled.candidate_score < fooled.served_score  # the criterion alone is fooled
+    probe = DepthProbe.synthetic(96, 320, frames_per_domain=3)
+    guarded = DepthGate(GateConfig(margin=0.01, min_pairs=4), probe, shipped)
+    decision = guarded.judge(shipped, fooling, pairs)
+    assert not decision.accepted and 'forgetting' in decision.reason, decision.reason
+
+
 def test_gate_refuses_non_finite_too_few_pairs_and_forgetting(shipped, drive_pairs):
     pairs, _ = drive_pairs
     gate = DepthGate(GateConfig(min_pairs=4))
-    broken = damaged_copy(shipped)
+    broken = damaged_copy(shipped, scale=0.6)
     with torch.no_grad():
         broken.depth_decoder.parameters().__next__().fill_(float('nan'))
     decision = gate.judge(shipped, broken, pairs)
     assert not decision.accepted and 'not finite' in decision.reason
     few = ScoringPairs(pairs.frame0[:2], pairs.frame1[:2], pairs.flow[:2])
-    decision = gate.judge(damaged_copy(shipped), shipped, few)
+    decision = gate.judge(damaged_copy(shipped, scale=0.6), shipped, few)
     assert not decision.accepted and 'only 2 held-out pairs (need 4)' in decision.reason
 
     # A candidate better on the live pairs but worse on the source probe is forgetting.
     probe = DepthProbe(pairs.frame0, np.stack([d for d, _ in drive_pairs[1]]),
                        np.stack([v for _, v in drive_pairs[1]]))
-    strict = DepthGate(GateConfig(min_pairs=4, source_tolerance=0.0), probe, shipped)
+    strict = DepthGate(GateConfig(min_pairs=4, margin=0.01, source_tolerance=0.0), probe,
+                       shipped)
     strict.source_reference = probe.abs_rel(shipped) * 0.5  # the candidate is "worse" than it
-    decision = strict.judge(damaged_copy(shipped), shipped, pairs)
+    decision = strict.judge(damaged_copy(shipped, scale=0.6), shipped, pairs)
     assert not decision.accepted and 'forgetting' in decision.reason
     assert decision.source_abs_rel > decision.source_limit
 
