@@ -240,12 +240,18 @@ def test_hot_swap_with_every_backend_converts_off_the_serving_thread(backend, mo
     assert not any(t.name == DepthServer.CONVERTER_THREAD_NAME for t in threading.enumerate())
 
 
-def test_server_reports_a_version_that_cannot_be_built_and_keeps_serving():
+def eager_server(model):
+    """(store, started DepthServer) serving `model` as version 1."""
     store = VersionedWeightStore()
-    model = tiny_model()
     store.publish(model.state_dict(), {'model_config': model.config})
     server = DepthServer(store, 'cpu', backend='eager')
     server.start()
+    return store, server
+
+
+def test_server_reports_a_version_that_cannot_be_built_and_keeps_serving():
+    model = tiny_model()
+    store, server = eager_server(model)
     try:
         bad = store.publish({'nonsense': torch.zeros(1)}, {'model_config': model.config})
         served, reason = server.wait_until_serving(bad, 10.0)
@@ -259,11 +265,8 @@ def test_weights_that_cannot_serve_are_refused_before_the_swap():
     """Issue 12 defect 5: NaN, degenerate and too-slow weights replied 'serving version N' and
     then no depth came. Each now fails a probe frame and the version before keeps serving."""
     from structflow_ros.online.server import NotServableError, check_servable
-    store = VersionedWeightStore()
     model = tiny_model()
-    store.publish(model.state_dict(), {'model_config': model.config})
-    server = DepthServer(store, 'cpu', backend='eager')
-    server.start()
+    store, server = eager_server(model)
     try:
         nan_state = {k: v.clone() for k, v in model.state_dict().items()}
         key = next(k for k in nan_state if k.startswith('depth_decoder') and
