@@ -27,10 +27,9 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from structflow_ros.core.checkpoint import read_checkpoint
+from structflow_ros.core.checkpoint import load_state_strict, read_checkpoint
 from structflow_ros.core.networks import build_model
-from structflow_ros.core.checkpoint import load_state_strict
-from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter
+from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter, network_intrinsics
 from structflow_ros.online.gate import (CRITERIA, DepthProbe, GateConfig, ScoringPairs,
                                         criterion_scores)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
@@ -163,16 +162,6 @@ def full_model(state, config):
 # ---------------------------------------------------------------------------------------------
 # The gate study
 # ---------------------------------------------------------------------------------------------
-def _scaled_K(K, image_size, model_size):
-    if K is None:
-        return None
-    K = np.array(K, dtype=np.float64)
-    sy, sx = model_size[0] / image_size[0], model_size[1] / image_size[1]
-    K[0] *= sx
-    K[1] *= sy
-    return K
-
-
 def _spearman(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     keep = np.isfinite(a) & np.isfinite(b)
@@ -206,7 +195,8 @@ def gate_study(args):
     for stream_name in args.streams:
         stream = make_stream(stream_name, *size, frames=args.frames)
         evaluation = stream.evaluation()
-        K = _scaled_K(stream.K, stream.frames[0].shape[:2], size)
+        K = (None if stream.K is None else
+             network_intrinsics(stream.K, stream.frames[0].shape[:2], size))
         base_depth = evaluate(base, evaluation)
         for variant in variants:
             store = VersionedWeightStore()
@@ -324,7 +314,8 @@ def adapt_stream(stream, base_state, config, args, adapter_config):
     buffer = PairBuffer(PairBufferConfig(height=size[0], width=size[1]))
     server = DepthServer(store, 'cpu', size, backend=args.backend, threads=1)
     server.start()
-    K = _scaled_K(stream.K, stream.frames[0].shape[:2], size)
+    K = (None if stream.K is None else
+         network_intrinsics(stream.K, stream.frames[0].shape[:2], size))
     adapter = OnlineAdapter(base_state, config, store, buffer, adapter_config, camera_K=None)
     adapter.prepare()
     pipeline = FramePipeline(server, buffer)

@@ -20,6 +20,7 @@ returns to the accepted weights (a rollback; serving never notices).
 CPU budget: the thread runs torch on `threads` threads and sleeps after each step so that it is
 busy only `duty_cycle` of the time; on CUDA it uses its own stream.
 """
+import contextlib
 import copy
 import math
 import threading
@@ -106,6 +107,17 @@ class AdapterConfig:
                 ' (lr > 0, batch_size/steps_per_candidate/min_train_pairs/'
                 'refusals_before_rollback integers >= 1, l2sp_weight >= 0, source_replay in '
                 '[0, 1), recent_fraction in [0, 1], duty_cycle in (0, 1], threads >= 0)')
+
+
+def network_intrinsics(K, image_size, network_size):
+    """A camera's 3x3 K for an image of `image_size` (h, w), scaled to `network_size` (h, w);
+    None when K is unusable (K all zeros: an uncalibrated camera, non-finite values)."""
+    K = np.array(K, dtype=np.float64).reshape(3, 3)
+    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        return None
+    K[0] *= network_size[1] / image_size[1]
+    K[1] *= network_size[0] / image_size[0]
+    return K
 
 
 class SourceReplay:
@@ -307,19 +319,15 @@ class OnlineAdapter:
     def _autocast(self):
         dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(
             self.step_config.precision)
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else _null_context()
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def set_camera(self, K, image_size):
         """Intrinsics of the camera (3x3, for an image of `image_size` (h, w)) scaled to the
         network size; enables the calibrated loss when its weight is > 0."""
-        K = np.array(K, dtype=np.float64).reshape(3, 3)
-        if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
-            self.camera_K = None  # uncalibrated (K all zeros) or unusable: calibration-free
-            return
-        height, width = image_size
-        K[0] *= self.model_config.width / width
-        K[1] *= self.model_config.height / height
-        self.camera_K = K
+        self.camera_K = network_intrinsics(
+            K, image_size, (self.model_config.height, self.model_config.width))
 
     def _weights_finite(self):
         return all(bool(torch.isfinite(p).all()) for p in self.training_model.parameters()
@@ -515,7 +523,7 @@ class OnlineAdapter:
         if self.device.type == 'cpu' and self.config.threads > 0:
             torch.set_num_threads(self.config.threads)  # this thread's OpenMP pool only
         stream = torch.cuda.Stream(self.device) if self.device.type == 'cuda' else None
-        context = torch.cuda.stream(stream) if stream is not None else _null_context()
+        context = contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
         try:
             self.phase = 'rendering the source probe'
             self.prepare()
@@ -552,14 +560,6 @@ class OnlineAdapter:
         self._enabled.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _plain(value):
