@@ -30,7 +30,8 @@ def test_two_cases_give_a_table_with_sane_values(ros_env, tmp_path, tiny_weights
     result_path = tmp_path / 'bench.json'
     done = subprocess.run(
         [sys.executable, '-m', 'structflow_ros.cli.bench_node', '--sizes', '96x64', '--rates',
-         '10', '--points', 'off,on', '--duration', '2', '--model-repeats', '5', '--weights',
+         '10', '--points', 'off,on', '--duration', '2', '--model-repeats', '5', '--threads', '1',
+         '--weights',
          str(tiny_weights), '--log-dir', str(tmp_path / 'logs'), '--json', str(result_path),
          '--no-progress'],
         env=ros_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
@@ -44,13 +45,17 @@ def test_two_cases_give_a_table_with_sane_values(ros_env, tmp_path, tiny_weights
     assert any(line.startswith('target (node overhead p50 <= 3 ms') for line in lines)
 
     result = json.loads(result_path.read_text())
-    assert result['threads'] == torch.get_num_threads() or result['threads'] > 0
+    assert result['threads'] == 1  # --threads reaches the model and the node
     assert [row['points'] for row in result['rows']] == [False, True]
     for row in result['rows']:
         assert row['camera'] == '96x64' and row['camera_hz'] == 10
         assert row['frames_sent'] == 20
         assert 0 < row['depth_received'] <= row['frames_sent']
-        assert row['depth_received'] + row['dropped_by_node'] + row['frames_lost'] == 20
+        # The node's own counters close: every frame it took in was published or dropped.
+        assert row['frames_in_node'] == row['frames_out_node'] + row['dropped_by_node'], row
+        assert row['frames_in_node'] <= row['frames_sent']
+        # Reliable output on localhost: every depth the node published reached the viewer.
+        assert row['lost_after_node'] == 0, row
         assert 0 < row['e2e_ms_p50'] <= row['e2e_ms_p95']
         assert row['output_rate_hz'] > 0
         assert row['bare_model_ms_p50'] > 0 and row['node_inference_ms_p50'] > 0

@@ -7,7 +7,6 @@ process (its exit, its output), never a fixed sleep.
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -91,9 +90,13 @@ def test_synthetic_drive_report_adds_up(ros_env, tmp_path, tiny_weights):
     latency = json.loads((out / 'latency.json').read_text())
     assert latency['frames_sent'] == frames
     received = latency['depth_received']
-    assert received >= frames // 2, latency  # local DDS at 10 Hz: nearly all come back
-    # Every frame is accounted for: received, dropped by the node, or lost on the way.
-    assert received + latency['dropped_by_node'] + latency['frames_lost'] == frames
+    assert received >= 1, latency  # how many depends on the machine's load (latest-frame)
+    # The node's own counters close: every frame it took in was published or dropped ...
+    assert latency['frames_in_node'] == (latency['frames_out_node']
+                                         + latency['dropped_by_node']), latency
+    assert latency['frames_in_node'] <= frames
+    # ... and on localhost with reliable outputs every depth it published reached the viewer.
+    assert latency['lost_after_node'] == 0, latency
     assert 0 < latency['e2e_ms_p50'] <= latency['e2e_ms_p95'] <= latency['e2e_ms_max']
     assert latency['output_rate_hz'] > 0 and latency['camera_rate_hz'] > 0
     assert latency['node_inference_ms_p50'] > 0 and latency['node_overhead_ms_p50'] >= 0
@@ -129,36 +132,52 @@ def write_video(path, count, width=96, height=64):
 
 def test_video_source_then_ctrl_c_stops_node_and_keeps_a_partial_report(ros_env, tmp_path,
                                                                           tiny_weights):
+    """Ctrl-C once the node has answered streamed frames: the event is depth seen on DDS by
+    this test's own subscriber after streaming began, not the timing of progress text."""
+    from sensor_msgs.msg import Image
+    from dds_helpers import Client
     video = write_video(tmp_path / 'clip.mp4', 200)
     out = tmp_path / 'report'
     stderr_path = tmp_path / 'stderr.txt'
-    with open(stderr_path, 'w') as stderr:
-        process = subprocess.Popen(
-            demo_command('--weights', tiny_weights, '--rate', 20, '--frames', 0, '--out', out),
-            env=child_env(ros_env, DEMO_SOURCE=str(video)), stdout=subprocess.PIPE,
-            stderr=stderr, text=True)
-        try:
-            deadline = time.monotonic() + RUN_TIMEOUT_S
-            streamed = 0
-            while streamed < 10:  # the progress bar says frames are flowing
-                assert process.poll() is None, stderr_path.read_text()
-                assert time.monotonic() < deadline, stderr_path.read_text()
-                streaming = stderr_path.read_text().split('camera -> node -> viewer')[1:]
-                counts = re.findall(r'(\d+)/200 ', streaming[-1]) if streaming else []
-                streamed = int(counts[-1]) if counts else 0
-                time.sleep(0.1)
-            process.send_signal(signal.SIGINT)
-            stdout, _ = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    watcher = Client(int(ros_env['ROS_DOMAIN_ID']))
+    depth_seen = []
+    watcher.node.create_subscription(
+        Image, f'{demo.NAMESPACE}/depth',
+        lambda msg: depth_seen.append(time.monotonic()), 50)
+    try:
+        with open(stderr_path, 'w') as stderr:
+            process = subprocess.Popen(
+                demo_command('--weights', tiny_weights, '--rate', 10, '--frames', 0,
+                             '--out', out),
+                env=child_env(ros_env, DEMO_SOURCE=str(video)), stdout=subprocess.PIPE,
+                stderr=stderr, text=True)
+            try:
+                deadline = time.monotonic() + RUN_TIMEOUT_S
+                streaming_since = None
+                while True:
+                    assert process.poll() is None, stderr_path.read_text()
+                    assert time.monotonic() < deadline, stderr_path.read_text()
+                    if streaming_since is None and (
+                            'camera -> node -> viewer' in stderr_path.read_text()):
+                        streaming_since = time.monotonic()
+                    if streaming_since is not None and sum(
+                            t > streaming_since for t in list(depth_seen)) >= 3:
+                        break
+                    time.sleep(0.05)
+                process.send_signal(signal.SIGINT)
+                stdout, _ = process.communicate(timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    finally:
+        watcher.close()
     assert process.returncode == demo.EXIT_INTERRUPTED, stdout + stderr_path.read_text()
     assert f'interrupted: partial report in {out}' in stdout
     assert not processes_mentioning(str(out)), 'the node process outlived the demo'
     latency = json.loads((out / 'latency.json').read_text())
-    assert 10 <= latency['frames_sent'] < 200
-    assert latency['depth_received'] > 0
+    assert 3 <= latency['frames_sent'] < 200
+    assert latency['depth_received'] >= 3
     assert latency['run']['input']['kind'] == 'VideoFileSource'
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['ground_truth'] is False

@@ -46,6 +46,7 @@ SHEET_ROWS = 4
 DISPLAY_MIN_HEIGHT = 192  # panels are scaled up by an integer factor to at least this height
 LABEL_HEIGHT = 20
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+INTERRUPT_DRAIN_S = 5.0  # after Ctrl-C, how long the replies to frames already sent may take
 
 
 class DemoInputError(ValueError):
@@ -367,12 +368,26 @@ def run(args, load_frames_fn, weights, out, domain_id, progress):
                                  f'the run; its log ({node.log_path}):\n{node.log_tail()}')
     except KeyboardInterrupt:
         result['interrupted'] = True
+        settled = None
+        if client is not None and result['published'] and node.alive:
+            # The frames already sent are still in flight: give the node a moment to answer
+            # them (a second Ctrl-C skips the wait), so the partial report holds what the
+            # node did, not what happened to have arrived at the instant of the Ctrl-C.
+            print('interrupted: collecting the replies to the frames already sent '
+                  f'(at most {INTERRUPT_DRAIN_S:g} s; Ctrl-C again to skip)', file=sys.stderr)
+            try:
+                settled = client.wait_settled(result['published'][-1][0], node,
+                                              timeout=INTERRUPT_DRAIN_S)
+            except KeyboardInterrupt:
+                pass
+        result['node_diagnostics'] = settled
     finally:
         result['node_exit_code'] = node.stop()
         if result['interrupted'] and client is not None and result['published']:
             # What came back before the stop, with the node's last report for the counters.
-            result['summary'] = summarize_run(client, result['published'], before,
-                                              client.latest_diagnostics(), expect=outputs)
+            result['summary'] = summarize_run(
+                client, result['published'], before,
+                result.get('node_diagnostics') or client.latest_diagnostics(), expect=outputs)
         if client is not None:
             client.close()
     return result
