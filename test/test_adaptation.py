@@ -243,6 +243,29 @@ def test_nan_weights_and_a_diverging_lr_roll_back_while_serving_continues(tmp_pa
         server.close()
 
 
+def test_new_base_weights_that_cannot_serve_are_refused_before_adaptation_rebases(
+        tmp_path, tiny_drive):
+    """A `~/reload_weights` of NaN or degenerate weights: the adapter probes them first, so
+    it neither trains from them nor publishes them; a live learning rate change applies."""
+    from structflow_ros.online.probe import NotServableError
+    adapter, store = make_adapter(tmp_path, tiny_drive)
+    state = adapter.accepted_model.state_dict()
+    fingerprint = adapter.base_fingerprint
+    poisoned = {name: torch.full_like(value, float('nan')) if value.is_floating_point()
+                else value for name, value in state.items()}
+    with pytest.raises(NotServableError, match='non-finite depth on a probe frame'):
+        adapter.rebase(poisoned, {'model_config': adapter.model_config})
+    flat = {name: torch.zeros_like(value) for name, value in state.items()}
+    with pytest.raises(NotServableError, match='constant depth'):
+        adapter.rebase(flat, {'model_config': adapter.model_config})
+    assert store.version == adapter.served_version == 1
+    assert adapter.base_fingerprint == fingerprint and adapter._weights_finite()
+    assert adapter.set_lr(0.5) == 'adaptation learning rate 0.5'
+    assert all(group['lr'] == 0.5 for group in adapter.optimizer.param_groups)
+    with pytest.raises(ValueError, match='finite and > 0'):
+        adapter.set_lr(float('nan'))
+
+
 def test_restart_resumes_the_last_accepted_state_and_refuses_foreign_ones(tmp_path, tiny_drive):
     adapter, _ = make_adapter(tmp_path, tiny_drive)
     adapter.cycle()

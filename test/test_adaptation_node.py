@@ -140,6 +140,145 @@ def test_enable_save_and_reset_services_over_dds(adapting):
     wait_until(trains_again, 60, 'adaptation to train again after enable', adapting.process)
 
 
+def test_faults_injected_into_a_running_adapting_node_leave_it_publishing(  # noqa: F811
+        adapting, dds):
+    """NaN frames, NaN weights (a reload) and a diverging learning rate (a live parameter),
+    each injected over DDS into the node while it adapts: it lives, keeps publishing finite
+    depth from the last good version, and counts or refuses each fault."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    client, process = adapting.client, adapting.process
+    depth_topic = f'{NAMESPACE}/depth'
+    client.subscribe(depth_topic, Image)
+    node_name = f'{NAMESPACE}/depth_node'
+
+    def set_parameter(name, value):
+        kind = {float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[
+            type(value)]
+        msg = ParameterMsg(name=name, value=ParameterValue(type=kind))
+        if kind == ParameterType.PARAMETER_DOUBLE:
+            msg.value.double_value = value
+        else:
+            msg.value.string_value = value
+        result = call(client, SetParameters, f'{node_name}/set_parameters',
+                      SetParameters.Request(parameters=[msg]), process).results[0]
+        assert result.successful, result.reason
+
+    def depth_arrives():
+        """Frames in, and a finite depth image out after them (the node serves)."""
+        seen = client.messages(depth_topic)[-1:]  # the store keeps the last 100
+
+        def more():
+            adapting.publish(2)
+            latest = client.messages(depth_topic)[-1:]
+            return bool(latest) and (not seen or latest[0] is not seen[0])
+        wait_until(more, 30, 'depth for new frames', process)
+
+    depth_arrives()
+    # 1. NaN frames: float images full of NaN on the colour input are refused and counted.
+    nan_frame = Image(encoding='32FC1', height=64, width=96, step=96 * 4)
+    nan_frame.header.frame_id = FRAME_ID
+    nan_frame.data = np.full((64, 96), np.nan, np.float32).tobytes()
+    publisher = client.camera_publisher(IMAGE_TOPIC, Image)
+
+    def refused():
+        publisher.publish(nan_frame)
+        time.sleep(0.1)
+        return 'unsupported_encoding' in diagnostics(adapting).get('bad_input_by_kind', '')
+    wait_until(refused, 30, 'the NaN frame counted as bad input', process)
+    depth_arrives()
+
+    # 2. NaN weights: a reload of them is refused before adaptation rebases on them.
+    good_weights = dds.tmp / 'tiny_flow.pt'
+    payload = torch.load(good_weights, weights_only=True)
+    payload['state_dict'] = {name: torch.full_like(tensor, float('nan'))
+                             if tensor.is_floating_point() else tensor
+                             for name, tensor in payload['state_dict'].items()}
+    nan_weights = dds.tmp / 'nan_weights.pt'
+    torch.save(payload, nan_weights)
+    serving = diagnostics(adapting)['serving_version']
+    set_parameter('weights', str(nan_weights))
+    response = call(client, Trigger, f'{node_name}/reload_weights', Trigger.Request(), process)
+    set_parameter('weights', str(good_weights))
+    assert not response.success and 'non-finite depth on a probe frame' in response.message
+    assert f'still serving version {serving}' in response.message
+    depth_arrives()
+
+    # 3. A diverging learning rate: candidates are rolled back or refused, serving goes on.
+    before = diagnostics(adapting)
+    faults_before = (int(before['adaptation_rollbacks'])
+                     + int(before['adaptation_candidates_refused']))
+    set_parameter('adapt_lr', 1.0)
+    assert 'adaptation learning rate 1' in process.output()
+    wait_until(lambda: adapting.publish(3) or (
+        int(diagnostics(adapting)['adaptation_rollbacks'])
+        + int(diagnostics(adapting)['adaptation_candidates_refused']) >= faults_before + 2),
+        120, 'two diverged candidates rolled back or refused', process)
+    set_parameter('adapt_lr', 1e-3)
+    depth_arrives()
+    published = client.messages(depth_topic)
+    assert published and all(
+        np.isfinite(np.frombuffer(bytes(msg.data), np.float32)).all() for msg in published)
+    assert process.poll() is None
+
+
+def test_camera_stop_restart_and_resolution_change_are_handled(adapting):
+    """The camera stops (the node idles, still reporting), restarts with its clock from zero,
+    then switches resolution and back: depth follows each frame's size, nothing fails, and
+    adaptation keeps training."""
+    import cv2
+    client, process = adapting.client, adapting.process
+    depth_topic = f'{NAMESPACE}/depth'
+    client.subscribe(depth_topic, Image)
+    publisher = client.camera_publisher(IMAGE_TOPIC, Image)
+    frames = [f.rgb for f in render_sequence('dusk', 12, 64, 96, seed=33)]
+
+    def stream(images, first_stamp_s):
+        """Publish at 10 Hz stamps from `first_stamp_s`; wait for depth of the last one."""
+        for index, rgb in enumerate(images):
+            header = Header(frame_id=FRAME_ID)
+            stamp_ns = int(first_stamp_s * 1e9) + index * 10 ** 8
+            header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
+            publisher.publish(make_image_msg(rgb, 'rgb8', header))
+            time.sleep(0.1)
+        size = images[-1].shape[:2]
+
+        def answered():
+            latest = client.messages(depth_topic)[-1:]
+            if latest and (latest[0].height, latest[0].width) == size:
+                return True
+            publisher.publish(make_image_msg(images[-1], 'rgb8', header))  # latest-frame
+            time.sleep(0.1)
+            return False
+        wait_until(answered, 30, f'depth at {size[1]}x{size[0]}', process)
+        return client.messages(depth_topic)[-1]
+
+    stream(frames[:4], 500.0)
+    steps = int(diagnostics(adapting)['adaptation_steps'])
+    # The camera stops: the node stays up and keeps reporting.
+    silent_from = time.monotonic()
+    time.sleep(2.0)  # no frames for 2 s (the camera's silence, not a wait for a condition)
+    last_report = client.messages('/diagnostics')[-1]
+    wait_until(lambda: client.messages('/diagnostics')[-1] is not last_report, 10,
+               '/diagnostics while no frames come', process)
+    assert time.monotonic() - silent_from > 2.0
+    # It restarts with its clock from zero (stamps jump back by 500 s).
+    stream(frames[4:8], 0.0)
+    # A new mode: larger, another aspect ratio; then back.
+    larger = [cv2.resize(rgb, (128, 80)) for rgb in frames[8:12]]
+    depth = stream(larger, 1.0)
+    assert (depth.height, depth.width) == (80, 128) and depth.encoding == '32FC1'
+    assert np.isfinite(np.frombuffer(bytes(depth.data), np.float32)).all()
+    depth = stream(frames[:4], 2.0)
+    assert (depth.height, depth.width) == (64, 96)
+    values = diagnostics(adapting)
+    assert int(values['processing_errors']) == 0, values
+    wait_until(lambda: adapting.publish(3) or int(
+        diagnostics(adapting)['adaptation_steps']) > steps, 60,
+        'adaptation still training after the camera changes', process)
+    assert process.poll() is None
+
+
 def test_a_node_without_adaptation_says_so(dds):  # noqa: F811
     from test_depth_node import make_tiny_checkpoint
     process = start(dds, 'plain', OFF_NAMESPACE, OFF_IMAGE_TOPIC,

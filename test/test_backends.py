@@ -15,7 +15,6 @@ import torch
 from structflow_ros.core import DepthPredictor, ModelConfig, build_model
 from structflow_ros.core import backends
 from structflow_ros.core.metrics import aggregate_depth_metrics, depth_metrics
-from structflow_ros.core.networks import disp_to_depth
 from structflow_ros.data.synthetic.render import render_sequence
 from structflow_ros.online.server import (DepthServer, ServedModel, build_serving_model,
                                           read_serving_checkpoint)

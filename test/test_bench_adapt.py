@@ -36,7 +36,8 @@ def test_bench_adapt_reports_each_stream_and_static_never_swaps(tmp_path):
     config = json.dumps({'steps_per_candidate': 2, 'min_train_pairs': 2,
                          'source_frames_per_domain': 4, 'duty_cycle': 1.0,
                          'gate': {'min_pairs': 2}})
-    stdout = run_bench('adapt', '--streams', 'static', 'fog', '--seconds', '6', '--short-seconds', '4',
+    stdout = run_bench('adapt', '--streams', 'static', 'fog', '--seconds', '6',
+                       '--short-seconds', '4',
                        '--frames', '30',
                        '--weights', str(weights), '--backend', 'eager', '--threads', '1',
                        '--adapter-config', config, '--out', str(out))

@@ -400,6 +400,14 @@ def test_compressed_input_side_by_side_and_clean_restart(node_a, dds):
                 publish_until_counted(client, publisher, compressed('jpeg', truncated),
                                       'corrupt', process)
                 assert 'no end-of-image marker' in process.output()
+                # Cut, then closed with an end marker: libjpeg would fill the rest grey.
+                whole = bytes(make_image_msg(rgb, 'jpeg', client.new_header()).data)
+                closed = whole[:len(whole) // 2] + b'\xff\xd9'
+                publish_until_counted(client, publisher, compressed('jpeg', closed), 'corrupt',
+                                      process, at_least=2)
+                # (the log line for a second corrupt frame is throttled; /diagnostics has it)
+                last = node_diagnostics(client, COMPRESSED_NAMESPACE)['last_bad_input']
+                assert 'premature end of data segment' in last, last
                 request(client, publisher, compressed('jpeg'), ['depth'],
                         namespace=COMPRESSED_NAMESPACE, process=process)
         finally:
@@ -409,19 +417,20 @@ def test_compressed_input_side_by_side_and_clean_restart(node_a, dds):
         assert 'Traceback' not in output, output[-3000:]
 
 
-def publish_until_counted(client, publisher, make, kind, process):
+def publish_until_counted(client, publisher, make, kind, process, at_least=1):
     msg = make(client.new_header())
     last = [-1.0]
 
     def counted():
         diagnostics = node_diagnostics(client, COMPRESSED_NAMESPACE)
-        if diagnostics and counts(diagnostics['bad_input_by_kind']).get(kind):
+        if diagnostics and counts(diagnostics['bad_input_by_kind']).get(kind, 0) >= at_least:
             return True
         if time.monotonic() - last[0] > 0.5:
             last[0] = time.monotonic()
             publisher.publish(msg)
         return False
-    wait_until(counted, FRAME_TIMEOUT_S, f'a {kind} frame counted in /diagnostics', process)
+    wait_until(counted, FRAME_TIMEOUT_S, f'{at_least} {kind} frame(s) counted in /diagnostics',
+               process)
 
 
 def test_missing_or_broken_weights_exit_non_zero_naming_the_path(dds):

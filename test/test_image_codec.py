@@ -138,6 +138,34 @@ def test_corrupt_compressed_data_is_an_error(rgb):
     assert 'max_pixels' in _error(decode_compressed, jpeg, 'jpeg', max_pixels=100)
 
 
+@pytest.mark.skipif(not image_codec.JPEG_DAMAGE_DETECTED,
+                    reason='simplejpeg (requirements.txt) is not installed')
+def test_jpeg_cut_and_closed_with_an_end_marker_is_corrupt_not_grey(rgb):
+    """Defect 8: OpenCV decodes it with the lost half grey; it must not become a frame."""
+    image = cv2.resize(rgb, (320, 240))
+    jpeg = encode_compressed(image, 'jpeg')
+    closed = jpeg[:len(jpeg) // 2] + b'\xff\xd9'
+    grey = cv2.imdecode(np.frombuffer(closed, np.uint8), cv2.IMREAD_COLOR)
+    assert grey is not None and grey[-40:].std() == 0  # what OpenCV alone would serve
+    message = _error(decode_compressed, closed, 'jpeg')
+    assert 'corrupt' in message and 'premature end of data segment' in message
+    # The same picture whole decodes exactly as OpenCV decodes it (same libjpeg-turbo maths).
+    whole = decode_compressed(jpeg, 'jpeg')
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
+                             cv2.COLOR_BGR2RGB)
+    assert np.abs(whole.astype(int) - reference).max() <= 1
+    # Stray bytes before the end marker (some MJPEG cameras write them) lose no picture data:
+    # libjpeg warns, the frame is served unchanged.
+    padded = jpeg[:-2] + b'\x00\x00\x00' + jpeg[-2:]
+    np.testing.assert_array_equal(decode_compressed(padded, 'jpeg'), whole)
+    # Greyscale and progressive JPEGs still decode, as RGB.
+    grey_jpeg = cv2.imencode('.jpg', image[..., 0])[1].tobytes()
+    assert decode_compressed(grey_jpeg, 'jpeg').shape == (240, 320, 3)
+    progressive = cv2.imencode('.jpg', image[..., ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    assert np.abs(decode_compressed(progressive.tobytes(), 'jpeg').astype(int)
+                  - image).mean() < 8
+
+
 def test_encoder_rejects_bad_input(rgb):
     assert 'supported' in _error(encode_image, rgb, 'yuv422')
     assert 'RGB uint8' in _error(encode_image, rgb.astype(np.float32), 'rgb8')

@@ -59,6 +59,23 @@ def test_static_camera_with_noise_and_gaps_give_no_pairs(drive):
     assert buffer.add_frame(drive[7], 41 * STEP_NS) == 'paired'
 
 
+def test_a_camera_that_restarts_or_changes_resolution_gives_no_false_pair(drive):
+    import cv2
+    buffer = PairBuffer(small_config())
+    assert [buffer.add_frame(drive[i], i * STEP_NS) for i in range(3)] == [
+        'first', 'paired', 'paired']
+    # The driver restarts: its clock starts again from zero, the view jumped meanwhile.
+    assert buffer.add_frame(drive[10], 0) == 'out_of_order'
+    assert buffer.add_frame(drive[11], STEP_NS) in ('paired', 'held_out')
+    # Then it switches to a smaller mode with a different aspect ratio (a cropped sensor):
+    # same stamps cadence, yet the first frame at the new size pairs with nothing.
+    smaller = [cv2.resize(rgb[8:-8], (96, 48)) for rgb in drive[12:15]]
+    outcomes = [buffer.add_frame(rgb, (2 + i) * STEP_NS) for i, rgb in enumerate(smaller)]
+    assert outcomes[0] == 'size_change'
+    assert set(outcomes[1:]) <= {'paired', 'held_out'}  # pairs again (every 4th held out)
+    assert buffer.counts['size_change'] == 1 and buffer.counts['out_of_order'] == 1
+
+
 def test_memory_stays_bounded_over_a_long_stream(drive):
     config = small_config(recent=3, reservoir=5, holdout=2)
     buffer = PairBuffer(config)

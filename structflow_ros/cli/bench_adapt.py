@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +187,6 @@ def gate_study(args):
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    gate_config = GateConfig()
     probe = DepthProbe.synthetic(*size)  # the gate's source probe, as the adapter builds it
     base = full_model(base_state, config)
     probe_base = probe.abs_rel(base)

@@ -20,6 +20,11 @@ from typing import Optional, Tuple, Union
 import cv2
 import numpy as np
 
+try:  # libjpeg-turbo with its warnings surfaced; OpenCV's decoder only prints them on stderr
+    import simplejpeg
+except ImportError:  # pragma: no cover - requirements.txt installs it; OpenCV then decodes
+    simplejpeg = None
+
 # Colour/grey encodings `decode_image` turns into RGB uint8: encoding -> (channels, dtype).
 _COLOUR_LAYOUT = {
     'rgb8': (3, np.uint8),
@@ -40,6 +45,14 @@ COMPRESSED_FORMATS = ('jpeg', 'png')
 # Refuse frames above this many pixels unless the caller raises the limit: a corrupt header
 # (say height = 2**31) must not make us allocate gigabytes.
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# libjpeg warnings that leave every pixel decoded from real data (stray bytes between
+# segments, which some MJPEG cameras write): the frame is served. Any other warning
+# ("premature end of data segment", a bad Huffman code, ...) means part of the picture was
+# invented by the decoder (libjpeg fills it grey), so the frame is refused as corrupt.
+_HARMLESS_JPEG_WARNINGS = ('extraneous bytes before marker',)
+# Whether a JPEG whose data was cut and then closed with an end marker can be detected:
+# only with simplejpeg (libjpeg-turbo's warnings as errors); OpenCV decodes it silently.
+JPEG_DAMAGE_DETECTED = simplejpeg is not None
 
 BufferLike = Union[bytes, bytearray, memoryview, np.ndarray]
 
@@ -234,16 +247,44 @@ def decode_compressed(data: BufferLike, format: str = '',
         raise ImageDecodeError(
             f'compressed image declares {declared[0]}x{declared[1]} pixels, more than the limit '
             f'max_pixels={max_pixels}; not decoded')
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    if bgr is None:
+    if simplejpeg is not None and buffer[0] == 0xFF and buffer[1] == 0xD8:
+        rgb = _decode_jpeg_strict(buffer, format)
+    else:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ImageDecodeError(
+                f'corrupt compressed image (format {format!r}, {buffer.size} bytes): OpenCV '
+                f'could not decode it; supported: {", ".join(COMPRESSED_FORMATS)}')
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb.shape[0] * rgb.shape[1] > max_pixels:
         raise ImageDecodeError(
-            f'corrupt compressed image (format {format!r}, {buffer.size} bytes): OpenCV could '
-            f'not decode it; supported: {", ".join(COMPRESSED_FORMATS)}')
-    if bgr.shape[0] * bgr.shape[1] > max_pixels:
-        raise ImageDecodeError(
-            f'compressed image {bgr.shape[1]}x{bgr.shape[0]} is larger than the limit '
+            f'compressed image {rgb.shape[1]}x{rgb.shape[0]} is larger than the limit '
             f'max_pixels={max_pixels}')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
+
+
+def _decode_jpeg_strict(buffer: np.ndarray, format: str) -> np.ndarray:
+    """JPEG -> RGB uint8 (H, W, 3) with libjpeg's warnings as errors, except harmless ones.
+
+    A JPEG cut short and closed with an end-of-image marker decodes "successfully" in
+    OpenCV with the missing part grey (libjpeg only prints a warning): that frame would be
+    served as depth of a grey wall. Here it is refused, naming libjpeg's reason.
+    """
+    try:
+        return simplejpeg.decode_jpeg(buffer, colorspace='RGB', strict=True)
+    except ValueError as warning:
+        reason = str(warning)
+        if not any(harmless in reason.lower() for harmless in _HARMLESS_JPEG_WARNINGS):
+            raise ImageDecodeError(
+                f'corrupt compressed image (format {format!r}, {buffer.size} bytes): '
+                f'libjpeg: {reason}; part of the picture would be invented, so it is not '
+                'served') from None
+    try:
+        return simplejpeg.decode_jpeg(buffer, colorspace='RGB', strict=False)
+    except ValueError as error:
+        raise ImageDecodeError(
+            f'corrupt compressed image (format {format!r}, {buffer.size} bytes): libjpeg: '
+            f'{error}') from None
 
 
 def decode_image_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

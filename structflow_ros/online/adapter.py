@@ -26,17 +26,18 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
 
 from structflow_ros.core.config import ModelConfig
+from structflow_ros.core.inference import DepthPredictor
 from structflow_ros.core.networks import build_model, disp_to_depth, normalize_image
 from structflow_ros.core.training import (L2SP, TRAINABLE_CHOICES, TrainStepConfig,
                                           make_optimizer, resolve_precision, set_trainable,
                                           train_step)
 from structflow_ros.core.checkpoint import load_state_strict
+from structflow_ros.online.probe import check_predictor
 from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, ScoringPairs,
                                         rigid_reprojection_error)
 from structflow_ros.online.state_dir import AdaptationStateDir, weights_fingerprint
@@ -421,6 +422,17 @@ class OnlineAdapter:
     def enabled(self):
         return self._enabled.is_set()
 
+    def set_lr(self, lr):
+        """A new learning rate from the next step on (a live parameter). Too large a rate makes
+        candidates diverge: those are rolled back or refused, serving is unaffected."""
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f'learning rate must be finite and > 0, got {lr}')
+        with self._lock:
+            self.config.lr = float(lr)
+            for group in self.optimizer.param_groups:
+                group['lr'] = float(lr)
+        return f'adaptation learning rate {lr:g}'
+
     def reset(self):
         """Back to the base weights: both copies, the optimiser, the server, the saved state."""
         with self._lock:
@@ -442,7 +454,8 @@ class OnlineAdapter:
     def rebase(self, state_dict, meta):
         """New base weights (a `~/reload_weights`): adaptation restarts from them, L2-SP
         anchors to them, they are published; returns their store version. Raises ValueError
-        when they do not fit the adapter's model (checked before anything changes)."""
+        when they do not fit the adapter's model or cannot serve (NaN, constant depth: the
+        probe frame), checked before anything changes."""
         candidate = build_model(self.model_config)
         try:
             load_state_strict(candidate, state_dict, candidate.module_names(),
@@ -450,6 +463,11 @@ class OnlineAdapter:
         except ValueError as error:
             raise ValueError(f'adaptation needs the full model (flow branch included): '
                              f'{error}') from None
+        # The server would refuse NaN or degenerate weights anyway, but by then adaptation
+        # would have rebased on them (and rolled back to them forever): probe them first.
+        check_predictor(DepthPredictor(candidate.eval().to(self.device), self.device,
+                                       input_size=(self.model_config.height,
+                                                   self.model_config.width)))
         with self._lock:
             self.base_state = {name: tensor.detach().to('cpu', copy=True)
                                for name, tensor in state_dict.items()

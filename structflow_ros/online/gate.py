@@ -31,7 +31,6 @@ from typing import Dict, Optional
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from structflow_ros.core.geometry import NonFiniteError, flow_warp
 from structflow_ros.core.losses import photometric_error

@@ -64,7 +64,7 @@ class PairBuffer:
     def __init__(self, config=None, seed=0):
         self.config = config or PairBufferConfig()
         self._lock = threading.Lock()
-        self._previous = None  # (resized, small grey, stamp_ns) of the last frame
+        self._previous = None  # (resized, small grey, stamp_ns, source (H, W)) of the last frame
         self._recent = collections.deque(maxlen=self.config.recent)
         self._reservoir = []
         self._holdout = collections.deque(maxlen=self.config.holdout)
@@ -73,19 +73,23 @@ class PairBuffer:
 
     def add_frame(self, rgb, stamp_ns):
         """Offer a decoded RGB uint8 frame (any size) with its stamp; returns what happened:
-        'first', 'paired', 'held_out', 'static', 'gap' or 'out_of_order'."""
+        'first', 'paired', 'held_out', 'static', 'gap', 'out_of_order' or 'size_change'
+        (the camera changed resolution: two frames of different fields of view are no pair)."""
         resized, small = prepare_frame(rgb, self.config.height, self.config.width,
                                        self.config.static_width)
         with self._lock:
-            previous, self._previous = self._previous, (resized, small, int(stamp_ns))
-            outcome = self._pair_with(previous, resized, small, int(stamp_ns))
+            previous = self._previous
+            self._previous = (resized, small, int(stamp_ns), rgb.shape[:2])
+            outcome = self._pair_with(previous, resized, small, int(stamp_ns), rgb.shape[:2])
             self.counts[outcome] += 1
             return outcome
 
-    def _pair_with(self, previous, resized, small, stamp_ns):
+    def _pair_with(self, previous, resized, small, stamp_ns, source_size):
         if previous is None:
             return 'first'
-        frame0, small0, stamp0 = previous
+        frame0, small0, stamp0, source_size0 = previous
+        if source_size0 != source_size:
+            return 'size_change'
         gap_s = (stamp_ns - stamp0) * 1e-9
         if gap_s <= 0:
             return 'out_of_order'

@@ -8,6 +8,7 @@ integer coordinates, so resizing by s maps u to (u + 0.5) * s - 0.5 (what OpenCV
 `F.interpolate(align_corners=False)` do), and camera_info is rescaled the same way.
 """
 import sys
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -228,6 +229,42 @@ def rescale_camera_info(info, image_width, image_height, out_width, out_height, 
     return out, note
 
 
+class DepthCamera(NamedTuple):
+    """What one camera_info gives one depth frame (see `depth_camera`)."""
+    info: Optional[CameraInfo]  # for depth/camera_info; None: not published for this frame
+    rays: Optional[np.ndarray]  # (H, W, 3) float32 unit-depth rays; None: no points / height
+    problem: str  # why the camera_info is unusable ('' when it is usable)
+    mismatch: str  # camera_info size differs from the image (intrinsics were scaled)
+    rays_missing: str  # why there are no rays ('' when there are, or none were asked for)
+
+
+def depth_camera(info, image_width, image_height, out_width, out_height, header, ray_cache,
+                 need_rays):
+    """The depth image's camera from the latest camera_info, checked end to end.
+
+    A camera_info that passes `camera_info_problem` can still overflow once scaled (fx = 1e308
+    doubled, fx = 1e-320 dividing): every number that leaves here is finite, or the
+    camera_info is refused with the reason. The node publishes depth either way.
+    """
+    problem = camera_info_problem(info)
+    if problem:
+        return DepthCamera(None, None, problem, '', f'the last one is unusable ({problem})')
+    with np.errstate(over='ignore', invalid='ignore'):  # overflow is checked right below
+        depth_info, mismatch = rescale_camera_info(info, image_width, image_height, out_width,
+                                                   out_height, header)
+    if not (np.isfinite(depth_info.k).all() and np.isfinite(depth_info.p).all()):
+        problem = (f'camera_info K/P overflow when scaled to the {out_width}x{out_height} depth '
+                   f'image (K={list(info.k)})')
+        return DepthCamera(None, None, problem, mismatch, f'the last one is unusable ({problem})')
+    if not need_rays:
+        return DepthCamera(depth_info, None, '', mismatch, '')
+    rays = ray_cache.rays(depth_info)
+    if rays is None:
+        return DepthCamera(depth_info, None, '', mismatch, ray_cache.note or
+                           'camera_info gave no rays')
+    return DepthCamera(depth_info, rays, '', mismatch, '')
+
+
 class RayCache:
     """Unit-depth camera rays (x/z, y/z, 1) per pixel of the depth image, cached per camera.
 
@@ -271,10 +308,23 @@ class RayCache:
                 normalised = None
             if normalised is not None:
                 x, y = normalised.reshape(height, width, 2).transpose(2, 0, 1)
-                return np.stack([x, y, np.ones_like(x)], axis=-1).astype(np.float32)
-        y = (v - k[1, 2]) / k[1, 1]
-        x = (u - k[0, 2] - k[0, 1] * y) / k[0, 0]
-        return np.stack([x, y, np.ones_like(x)], axis=-1).astype(np.float32)  # (H, W, 3)
+                return self._finite_or_none(np.stack([x, y, np.ones_like(x)], axis=-1))
+        with np.errstate(over='ignore', invalid='ignore'):  # _finite_or_none checks
+            y = (v - k[1, 2]) / k[1, 1]
+            x = (u - k[0, 2] - k[0, 1] * y) / k[0, 0]
+        return self._finite_or_none(np.stack([x, y, np.ones_like(x)], axis=-1))  # (H, W, 3)
+
+    def _finite_or_none(self, rays):
+        """float32 rays, or None (with a note) when any overflowed: a tiny focal length or
+        a degenerate distortion makes x/z or y/z infinite, and a point cloud must not hold
+        infinities or NaN its is_dense flag does not admit."""
+        with np.errstate(over='ignore', invalid='ignore'):
+            rays = rays.astype(np.float32)
+        if not np.isfinite(rays).all():
+            self.note = ('camera_info intrinsics give non-finite rays (focal length too small '
+                         'or a degenerate distortion): no points and no camera_height scale')
+            return None
+        return rays
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +355,8 @@ def depth_to_pointcloud(depth, rays, rgb, decimation, header, use_sensor_msgs_py
     """
     rows, cols = decimated_pixels(*depth.shape, decimation)
     z = depth[np.ix_(rows, cols)]  # (h, w)
-    xyz = rays[np.ix_(rows, cols)] * z[..., None]  # (h, w, 3)
+    with np.errstate(over='ignore', invalid='ignore'):
+        xyz = rays[np.ix_(rows, cols)] * z[..., None]  # (h, w, 3)
     scale_y, scale_x = rgb.shape[0] / depth.shape[0], rgb.shape[1] / depth.shape[1]
     src_rows = np.minimum(((rows + 0.5) * scale_y).astype(np.int64), rgb.shape[0] - 1)
     src_cols = np.minimum(((cols + 0.5) * scale_x).astype(np.int64), rgb.shape[1] - 1)
@@ -313,7 +364,8 @@ def depth_to_pointcloud(depth, rays, rgb, decimation, header, use_sensor_msgs_py
     packed = (colour[..., 0] << 16) | (colour[..., 1] << 8) | colour[..., 2]
     cloud = np.empty(z.shape, dtype=POINT_DTYPE)
     cloud['x'], cloud['y'], cloud['z'] = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    invalid = ~(np.isfinite(z) & (z > 0))
+    # No depth, or a point beyond float32 (huge rays): NaN, and the cloud says it is not dense.
+    invalid = ~(np.isfinite(z) & (z > 0) & np.isfinite(xyz).all(axis=-1))
     if invalid.any():
         for name in ('x', 'y', 'z'):
             cloud[name][invalid] = np.nan

@@ -37,6 +37,7 @@ from std_srvs.srv import SetBool, Trigger
 from structflow_ros.core.backends import serving_torch_threads
 from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
+from structflow_ros.data import image_codec
 from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter
 from structflow_ros.online.gate import GateConfig
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
@@ -145,6 +146,11 @@ class DepthNode(Node):
                 event_callbacks=self._qos_warner.publisher(topic, out_reliability))
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         image_type = CompressedImage if self._param('input_compressed') else Image
+        if image_type is CompressedImage and not image_codec.JPEG_DAMAGE_DETECTED:
+            self.get_logger().warning(
+                'simplejpeg is not installed: JPEGs are decoded by OpenCV, which serves a '
+                'damaged JPEG (cut, then closed with an end marker) with the lost part grey '
+                'instead of refusing it; pip install simplejpeg (requirements.txt)')
         self._image_sub = self.create_subscription(
             image_type, 'image', self._on_image,
             make_qos(in_reliability, self._param('qos_depth')),
@@ -228,6 +234,8 @@ class DepthNode(Node):
                 return SetParametersResult(successful=False, reason=reason)
         if self.adapter is not None and 'adapt_duty_cycle' in incoming:
             self.adapter.config.duty_cycle = incoming['adapt_duty_cycle']  # read every step
+        if self.adapter is not None and 'adapt_lr' in incoming and not self._declaring:
+            self.get_logger().info(self.adapter.set_lr(incoming['adapt_lr']))
         return SetParametersResult(successful=True)
 
     def _live_settings(self):
@@ -403,35 +411,31 @@ class DepthNode(Node):
                     + (', and no depth in camera_height mode'
                        if settings['depth_mode'] == 'camera_height' else '')), period=30.0)
             return None, None
-        problem = conversions.camera_info_problem(info)
-        if problem:
+        need_rays = settings['publish_points'] or settings['depth_mode'] == 'camera_height'
+        camera = conversions.depth_camera(info, width, height, out_width, out_height, header,
+                                          self._rays, need_rays)
+        self._rays_missing = camera.rays_missing
+        if camera.problem:
             # A bad camera_info costs only what needs it: depth keeps coming in relative and
             # scale modes; depth/camera_info and depth/points wait for a good one.
             self._warn_throttled('bad_camera_info', (
-                f'ignoring the camera_info on {self._info_sub.topic_name}: {problem}; no '
-                'depth/camera_info and no depth/points until a valid one arrives'
+                f'ignoring the camera_info on {self._info_sub.topic_name}: {camera.problem}; '
+                'no depth/camera_info and no depth/points until a valid one arrives'
                 + (', and no depth in camera_height mode'
                    if settings['depth_mode'] == 'camera_height' else '')))
-            self._rays_missing = f'the last one is unusable ({problem})'
             return None, None
         if self.adapter is not None:
-            camera = (tuple(info.k), int(info.height), int(info.width))
-            if camera != self._adapter_camera:  # the calibrated adaptation loss may use it
-                self._adapter_camera = camera
+            calibration = (tuple(info.k), int(info.height), int(info.width))
+            if calibration != self._adapter_camera:  # the calibrated adaptation loss may use it
+                self._adapter_camera = calibration
                 self.adapter.set_camera(info.k, (info.height or height, info.width or width))
-        depth_info, note = conversions.rescale_camera_info(info, width, height, out_width,
-                                                           out_height, header)
-        if note:
+        if camera.mismatch:
             # Per kind, throttled: a size that changes every frame makes a new text every
             # frame (a set of warned texts would grow without bound and log every frame).
-            self._warn_throttled('info_mismatch', note, period=30.0)
-        need_rays = settings['publish_points'] or settings['depth_mode'] == 'camera_height'
-        rays = self._rays.rays(depth_info) if need_rays else None
-        if self._rays.note:
+            self._warn_throttled('info_mismatch', camera.mismatch, period=30.0)
+        if self._rays.note and need_rays:
             self._warn_throttled('rays', self._rays.note, period=30.0)
-        if rays is None and need_rays:
-            self._rays_missing = self._rays.note or 'camera_info gave no rays'
-        return depth_info, rays
+        return camera.info, camera.rays
 
     # ------------------------------------------------------------------------------------------
     # Diagnostics, logging, shutdown

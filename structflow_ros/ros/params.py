@@ -125,8 +125,8 @@ PARAMETERS = (
     ParamSpec('adapt_gate', 'rigid_fit', 'Criterion that accepts a candidate (rigid_fit: depth '
               'vs an independent classical flow, no calibration).', read_only=True,
               choices=CRITERIA),
-    ParamSpec('adapt_lr', 1e-3, 'Adam learning rate of adaptation.', read_only=True,
-              float_range=(1e-7, 1e-2)),
+    ParamSpec('adapt_lr', 1e-3, 'Adam learning rate of adaptation (live; above about 1e-2 '
+              'candidates diverge and are rolled back or refused).', float_range=(1e-7, 1.0)),
     ParamSpec('adapt_steps_per_candidate', 20, 'Training steps between two gate decisions.',
               read_only=True, int_range=(1, 100000)),
     ParamSpec('adapt_source_replay', 0.33, 'Share of each adaptation batch that is synthetic '
