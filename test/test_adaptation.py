@@ -365,51 +365,90 @@ def test_every_output_during_swaps_is_exactly_one_versions_output(tiny_drive):
         server.close()
 
 
+# A zygote: imports torch once, then forks one saver per request (a fresh process per kill
+# would spend seconds importing torch each time; fork keeps 50 kills within seconds). The
+# saver writes versions 1, 2, ... in a loop until it is killed; the zygote reaps it and says
+# 'reaped'. torch stays on one thread, so forking it is safe.
 SAVE_LOOP = r'''
-import sys, torch
+import os, sys, torch
+torch.set_num_threads(1)
 from structflow_ros.core import ModelConfig, build_model
 from structflow_ros.online.state_dir import AdaptationStateDir
 model = build_model(ModelConfig(height=64, width=96, flow_branch=True, pose_branch=False))
-state = AdaptationStateDir(sys.argv[1])
 print('ready', flush=True)
-version = 0
-while True:
-    version += 1
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.fill_(float(version))
-    state.save(model, store_version=version, step=version, base_fingerprint='base')
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        state = AdaptationStateDir(sys.argv[1])
+        version = 0
+        while True:
+            version += 1
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.fill_(float(version))
+            state.save(model, store_version=version, step=version, base_fingerprint='base')
+    print(pid, flush=True)
+    os.waitpid(pid, 0)
+    print('reaped', flush=True)
 '''
 
 
 def test_sigkill_during_saves_never_leaves_an_unreadable_state(tmp_path):
-    """A process saving in a loop is SIGKILLed at random instants; every time, what is on
-    disk is a complete state (all weights equal to the version it records) or no state."""
+    """A process saving in a loop is SIGKILLed at random instants, 50 times (STRUCTFLOW_KILL_
+    LOOPS to change it); every time, what is on disk is a complete state (all weights equal
+    to the version it records) or no state."""
     directory = tmp_path / 'state'
     rng = np.random.default_rng(0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
     seen_versions = []
-    for _ in range(int(os.environ.get('STRUCTFLOW_KILL_LOOPS', '12'))):
-        process = subprocess.Popen([sys.executable, '-c', SAVE_LOOP, str(directory)],
-                                   stdout=subprocess.PIPE, env=env)
-        assert process.stdout.readline().strip() == b'ready'
-        time.sleep(rng.uniform(0.05, 0.6))
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
-        state, info = AdaptationStateDir(directory).load('base')
-        if state is None:
-            assert 'no saved state' in info, info
-            continue
-        version = info['version']
-        values = torch.cat([t.float().reshape(-1) for k, t in state.items()
-                            if 'running_' not in k and 'num_batches' not in k])
-        assert torch.all(values == version), f'state of version {version} is mixed'
-        seen_versions.append(version)
+    zygote = subprocess.Popen([sys.executable, '-c', SAVE_LOOP, str(directory)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert zygote.stdout.readline().strip() == 'ready'
+        for _ in range(int(os.environ.get('STRUCTFLOW_KILL_LOOPS', '50'))):
+            zygote.stdin.write('go\n')
+            zygote.stdin.flush()
+            saver = int(zygote.stdout.readline())
+            time.sleep(rng.uniform(0.01, 0.4))
+            os.kill(saver, signal.SIGKILL)
+            assert zygote.stdout.readline().strip() == 'reaped'
+            state, info = AdaptationStateDir(directory).load('base')
+            if state is None:
+                assert 'no saved state' in info, info
+                continue
+            version = info['version']
+            values = torch.cat([t.float().reshape(-1) for k, t in state.items()
+                                if 'running_' not in k and 'num_batches' not in k])
+            assert torch.all(values == version), f'state of version {version} is mixed'
+            seen_versions.append(version)
+    finally:
+        zygote.kill()
+        zygote.wait(30)
     assert seen_versions, 'no save completed before any kill (nothing was tested)'
     # Temp files of interrupted saves are cleaned when the directory is opened again.
     AdaptationStateDir(directory)
     assert not [p for p in directory.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_adaptation_writes_only_inside_its_state_directory(tmp_path, tiny_drive):
+    """Train, accept, save, reset, resume: every file adaptation ever wrote is inside
+    `state_dir` (no request carries a path; the file name is fixed)."""
+    outside_before = set(tmp_path.rglob('*'))
+    adapter, _ = make_adapter(tmp_path, tiny_drive)
+    adapter.cycle()
+    adapter.gate.config.margin, adapter.gate.config.min_win_fraction = -1.0, 0.0
+    adapter.gate.probe = None
+    assert adapter.propose().accepted
+    assert adapter.save()[0]
+    adapter.reset()
+    adapter.cycle()
+    resumed, _ = make_adapter(tmp_path, tiny_drive)
+    assert resumed.save()[0]
+    state_dir = tmp_path / 'state'
+    written = set(tmp_path.rglob('*')) - outside_before
+    assert written and all(path == state_dir or state_dir in path.parents for path in written)
+    assert {path.name for path in written if path.is_file()} <= {'adapted.pt'}
 
 
 def test_a_failing_disk_keeps_the_old_state_and_says_so(tmp_path, tiny_drive, monkeypatch):

@@ -188,6 +188,14 @@ def test_faults_injected_into_a_running_adapting_node_leave_it_publishing(  # no
     wait_until(refused, 30, 'the NaN frame counted as bad input', process)
     depth_arrives()
 
+    # Where adaptation writes cannot be changed at run time (read-only parameter).
+    redirect = ParameterMsg(name='adapt_state_dir',
+                            value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                 string_value=str(dds.tmp / 'elsewhere')))
+    result = call(client, SetParameters, f'{node_name}/set_parameters',
+                  SetParameters.Request(parameters=[redirect]), process).results[0]
+    assert not result.successful
+
     # 2. NaN weights: a reload of them is refused before adaptation rebases on them.
     good_weights = dds.tmp / 'tiny_flow.pt'
     payload = torch.load(good_weights, weights_only=True)
