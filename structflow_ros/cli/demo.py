@@ -37,14 +37,15 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from structflow_ros.visual import (ERROR_RANGE, LABEL_HEIGHT, colorize_depth,  # noqa: F401
+                                   colormap_limits, error_map, even, panel)
+
 DEFAULT_DOMAIN = 'fog'  # held out of the default model's training (scripts/train_default.sh)
 DEFAULT_SEED = 24       # the fog drive `structflow evaluate` reports on
 NAMESPACE = '/structflow_demo'
 MAX_DEPTH_M = 80.0      # outdoor evaluation cap (design.md protocol)
-ERROR_RANGE = 0.5       # AbsRel shown at the hot end of the error map
 SHEET_ROWS = 4
 DISPLAY_MIN_HEIGHT = 192  # panels are scaled up by an integer factor to at least this height
-LABEL_HEIGHT = 20
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 INTERRUPT_DRAIN_S = 5.0  # after Ctrl-C, how long the replies to frames already sent may take
 
@@ -174,27 +175,27 @@ class RenderFolderInput:
     """A folder written by `structflow render` (rgb/, depth/, camera.json): with ground truth."""
 
     def __init__(self, path, count):
+        from structflow_ros.data.render_folder import RenderFolderError, read_meta
         self.path = Path(path)
-        self.meta = json.loads((self.path / 'camera.json').read_text())
+        try:
+            self.meta = read_meta(self.path)
+        except RenderFolderError as error:
+            raise DemoInputError(str(error)) from None
         records = self.meta.get('frames', [])
         if not records:
             raise DemoInputError(f'{self.path}/camera.json lists no frames')
-        self.records = records[:count] if count else records
-        self.count = len(self.records)
-        self.K = np.asarray(self.meta['K'], dtype=np.float64)
-        self.sky = float(self.meta.get('sky_depth_m', 400.0))
+        self.count = min(count, len(records)) if count else len(records)
         self.description = {'kind': 'structflow render folder', 'path': str(self.path),
                             'domain': self.meta.get('domain'), 'ground_truth': True}
 
     def frames(self):
-        for record in self.records:
-            bgr = cv2.imread(str(self.path / record['rgb']), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise DemoInputError(f"cannot read {self.path / record['rgb']}")
-            depth = np.load(self.path / record['depth']).astype(np.float32)
-            valid = np.isfinite(depth) & (depth > 0) & (depth < self.sky)
-            yield DemoFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), record['index'], depth,
-                            valid, self.K.copy())
+        from structflow_ros.data.render_folder import RenderFolderError, render_folder_frames
+        try:
+            for frame in render_folder_frames(self.path, self.count):
+                yield DemoFrame(frame['rgb'], frame['index'], frame['depth'], frame['valid'],
+                                frame['K'])
+        except RenderFolderError as error:
+            raise DemoInputError(str(error)) from None
 
 
 class SourceInput:
@@ -250,7 +251,8 @@ def open_input(args):
         raise DemoInputError(
             f'DEMO_SOURCE / --source {path} does not exist; give a video file (.mp4, .avi, '
             '...), a folder of images, a ROS 2 bag, or a `structflow render` folder')
-    if path.is_dir() and (path / 'camera.json').is_file() and (path / 'rgb').is_dir():
+    from structflow_ros.data.render_folder import is_render_folder
+    if is_render_folder(path):
         return RenderFolderInput(path, args.frames)
     return SourceInput(path, args.frames, args.topic)
 
@@ -396,35 +398,10 @@ def run(args, load_frames_fn, weights, out, domain_id, progress):
 # ----------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------
-def error_map(abs_rel, valid):
-    """Per-pixel AbsRel -> bgr8 (inferno, 0 .. ERROR_RANGE), invalid pixels black."""
-    scaled = np.clip(np.nan_to_num(abs_rel) / ERROR_RANGE * 255, 0, 255).astype(np.uint8)
-    bgr = cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO)
-    bgr[~valid] = 0
-    return bgr
-
-
-def _panel(bgr, label, scale):
-    image = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    strip = np.zeros((LABEL_HEIGHT, image.shape[1], 3), np.uint8)
-    cv2.putText(strip, label, (4, LABEL_HEIGHT - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack([strip, image])
-
-
-def _even(image):
-    """mp4 encoders want even sizes: pad one black row/column when needed."""
-    pad_h, pad_w = image.shape[0] % 2, image.shape[1] % 2
-    if pad_h or pad_w:
-        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=0)
-    return image
-
-
 def evaluate_frames(frames, client, published):
     """Decode the replies; per frame: depth, colored, latency and (with ground truth) metrics."""
     from structflow_ros.core.metrics import constant_depth_floor, depth_metrics
-    from structflow_ros.ros.conversions import (colorize_depth, colormap_limits,
-                                                image_msg_to_array)
+    from structflow_ros.ros.conversions import image_msg_to_array
     rows = []
     for stamp, position in published:
         hit = client.reply(stamp, 'depth')
@@ -461,9 +438,9 @@ def compose(row, scale, with_error):
     colored = row['colored']
     if colored.shape[:2] != (height, width):
         colored = cv2.resize(colored, (width, height), interpolation=cv2.INTER_NEAREST)
-    panels = [_panel(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR),
+    panels = [panel(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR),
                      f"camera #{frame.index}", scale),
-              _panel(colored, f"node depth, {row['latency_ms']:.0f} ms", scale)]
+              panel(colored, f"node depth, {row['latency_ms']:.0f} ms", scale)]
     if with_error:
         if row['error'] is not None:
             abs_rel, valid = row['error']
@@ -472,22 +449,22 @@ def compose(row, scale, with_error):
                 valid = cv2.resize(valid.astype(np.uint8), (width, height),
                                    interpolation=cv2.INTER_NEAREST).astype(bool)
             label = (f"AbsRel {row['metrics']['abs_rel']:.3f} (0..{ERROR_RANGE} shown)")
-            panels.append(_panel(error_map(abs_rel, valid), label, scale))
+            panels.append(panel(error_map(abs_rel, valid), label, scale))
         else:
-            panels.append(_panel(np.zeros((height, width, 3), np.uint8), 'no ground truth',
+            panels.append(panel(np.zeros((height, width, 3), np.uint8), 'no ground truth',
                                  scale))
     return np.hstack(panels)
 
 
 def write_video(rows, path, fps, scale, with_error, bar=None):
-    first = _even(compose(rows[0], scale, with_error))
+    first = even(compose(rows[0], scale, with_error))
     size = (first.shape[1], first.shape[0])
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), float(fps), size)
     if not writer.isOpened():
         raise RuntimeError(f'OpenCV cannot write {path} with the mp4v codec')
     try:
         for row in rows:
-            image = _even(compose(row, scale, with_error))
+            image = even(compose(row, scale, with_error))
             if (image.shape[1], image.shape[0]) != size:  # a source whose size changes
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             writer.write(image)

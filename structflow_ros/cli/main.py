@@ -15,6 +15,9 @@ SUBCOMMANDS = {
     'evaluate': ('evaluate', 'Eigen depth metrics and flow EPE on data with ground truth'),
     'export': ('export', 'make a serving checkpoint (fp16, no optimizer) from a training one'),
     'demo': ('demo', 'run the node on a synthetic drive or a video and write a report'),
+    'replay': ('replay', 'replay a ROS 2 bag through the depth pipeline and measure it'),
+    'bag': ('bag', 'bag helpers: from-video (a video or image folder -> a ROS 2 bag)'),
+    'play': ('play', "publish a bag's topics over DDS at the recorded rate"),
     'node': ('structflow_ros.ros.depth_node', 'run the ROS 2 depth node (same as depth_node)'),
 }
 

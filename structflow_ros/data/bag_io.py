@@ -131,11 +131,12 @@ class BagWriter:
             frame_id=frame_id)
 
     def write_image(self, topic: str, stamp_ns: int, array: np.ndarray, encoding: str = 'rgb8',
-                    frame_id: str = 'camera') -> None:
+                    frame_id: str = 'camera', record_ns: Optional[int] = None) -> None:
         """Write a sensor_msgs/Image.
 
         `array` is RGB uint8 (H, W, 3) for colour encodings (grey (H, W) also for mono8/mono16,
         see image_codec.encode_image) or depth in metres (H, W) for '32FC1' / '16UC1' (mm).
+        `record_ns`: when the bag recorded it (default: the header stamp).
         """
         if encoding == '32FC1':
             step, payload = image_codec.encode_depth32(array)
@@ -148,7 +149,8 @@ class BagWriter:
             header=self._header(stamp_ns, frame_id), height=height, width=width,
             encoding=encoding, is_bigendian=0, step=step,
             data=np.frombuffer(payload, dtype=np.uint8))
-        self.write_message(topic, IMAGE_MSGTYPE, stamp_ns, msg)
+        self.write_message(topic, IMAGE_MSGTYPE, stamp_ns if record_ns is None else record_ns,
+                           msg)
 
     def write_compressed(self, topic: str, stamp_ns: int, rgb: np.ndarray, fmt: str = 'jpeg',
                          frame_id: str = 'camera', quality: int = 95) -> None:
@@ -215,8 +217,25 @@ def open_reader(bag_path: PathLike) -> AnyReader:
     try:
         reader.open()
     except Exception as error:  # rosbags raises several error types for unreadable bags
-        raise BagError(f'cannot read bag {path}: {error}') from error
+        hint = ''
+        if 'magic' in str(error).lower() and str(path).endswith('.mcap'):
+            hint = (' (the MCAP file ends early: a recording that was cut off; `mcap recover '
+                    f'{path.name} -o fixed.mcap` with the mcap CLI salvages its complete '
+                    'chunks)')
+        raise BagError(f'cannot read bag {path}: {error}{hint}') from error
     return reader
+
+
+def message_counts(bag_path: PathLike) -> Dict[str, int]:
+    """Messages per topic, from the bag's index (no message is read)."""
+    reader = open_reader(bag_path)
+    try:
+        counts: Dict[str, int] = {}
+        for connection in reader.connections:
+            counts[connection.topic] = counts.get(connection.topic, 0) + connection.msgcount
+        return counts
+    finally:
+        reader.close()
 
 
 def list_topics(bag_path: PathLike) -> Dict[str, str]:

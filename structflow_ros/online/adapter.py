@@ -110,6 +110,24 @@ class AdapterConfig:
                 '[0, 1), recent_fraction in [0, 1], duty_cycle in (0, 1], threads >= 0)')
 
 
+# The node's adapt_* parameters and the AdapterConfig fields they set (the node and replay
+# build the adapter from the same parameters, so a replay with --adapt adapts as the robot does).
+NODE_PARAMETERS = {'adapt_trainable': 'trainable', 'adapt_lr': 'lr',
+                   'adapt_steps_per_candidate': 'steps_per_candidate',
+                   'adapt_source_replay': 'source_replay',
+                   'adapt_reprojection_weight': 'reprojection_weight',
+                   'adapt_duty_cycle': 'duty_cycle', 'adapt_threads': 'threads'}
+
+
+def adapter_config_from_node_parameters(parameters):
+    """AdapterConfig from the node's parameter values ({name: value}; missing ones keep the
+    defaults); `adapt_gate` is the gate criterion."""
+    values = {field_name: parameters[name] for name, field_name in NODE_PARAMETERS.items()
+              if name in parameters}
+    gate = GateConfig(criterion=parameters.get('adapt_gate', GateConfig().criterion))
+    return AdapterConfig(**values, gate=gate)
+
+
 def network_intrinsics(K, image_size, network_size):
     """A camera's 3x3 K for an image of `image_size` (h, w), scaled to `network_size` (h, w);
     None when K is unusable (K all zeros: an uncalibrated camera, non-finite values)."""

@@ -16,9 +16,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from structflow_ros.data.image_codec import (SUPPORTED_ENCODINGS, ImageDecodeError,
                                              decode_compressed, decode_image)
+from structflow_ros.visual import (COLORMAP_RANGE_MODES, COLORMAPS,  # noqa: F401 - re-exported
+                                   colorize_depth, colormap_limits)
 
-COLORMAPS = ('turbo', 'magma', 'inferno', 'plasma', 'viridis', 'jet')
-COLORMAP_RANGE_MODES = ('percentile', 'fixed')
 _NATIVE_BIGENDIAN = sys.byteorder == 'big'
 
 
@@ -107,41 +107,6 @@ def image_msg_to_array(msg):
     row_bytes = msg.width * channels * dtype.itemsize
     pixels = rows[:, :row_bytes].copy().view(dtype).reshape(msg.height, msg.width, channels)
     return pixels[..., 0] if channels == 1 else pixels
-
-
-def colormap_limits(depth, range_mode='percentile', fixed=(0.0, 5.0), percentiles=(2.0, 98.0)):
-    """Depth values mapped to the two ends of the colormap, for a fixed or per-frame range."""
-    if range_mode == 'fixed':
-        low, high = float(fixed[0]), float(fixed[1])
-    elif range_mode == 'percentile':
-        sample = depth[::4, ::4]  # 1/16 of the pixels: for display only, 16x cheaper
-        sample = sample[np.isfinite(sample) & (sample > 0)]
-        if sample.size == 0:
-            return 0.0, 1.0
-        low, high = (float(v) for v in np.percentile(sample, percentiles))
-    else:
-        raise ValueError(f"unknown colormap range mode '{range_mode}'; choose from "
-                         f"{', '.join(COLORMAP_RANGE_MODES)}")
-    if not high > low:
-        high = low + max(abs(low) * 1e-3, 1e-6)
-    return low, high
-
-
-def colorize_depth(depth, limits, colormap='turbo'):
-    """Depth (H, W) -> bgr8 (H, W, 3); near is the warm/bright end, invalid pixels black."""
-    if colormap not in COLORMAPS:
-        raise ValueError(f"unknown colormap '{colormap}'; choose from {', '.join(COLORMAPS)}")
-    low, high = limits
-    with np.errstate(invalid='ignore'):
-        scaled = (np.float32(high) - depth) * np.float32(255.0 / (high - low))  # near -> 255
-        np.clip(scaled, 0, 255, out=scaled)
-        invalid = ~(depth > 0)  # NaN compares False: invalid too
-    invalid |= np.isinf(depth)
-    scaled[invalid] = 0
-    bgr = cv2.applyColorMap(scaled.astype(np.uint8), getattr(cv2, 'COLORMAP_' + colormap.upper()))
-    if invalid.any():
-        bgr[invalid] = 0
-    return bgr
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ from structflow_ros.core.backends import serving_torch_threads
 from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
 from structflow_ros.data import image_codec
-from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter
-from structflow_ros.online.gate import GateConfig
+from structflow_ros.online.adapter import (NODE_PARAMETERS, OnlineAdapter,
+                                           adapter_config_from_node_parameters)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
 from structflow_ros.online.server import (DepthServer, NotServableError,
@@ -194,13 +194,8 @@ class DepthNode(Node):
         if not config.flow_branch:
             raise StartupError(f'adapt:=true needs weights with the flow branch; '
                                f'{self.weights_path} has none (depth path only)')
-        adapter_config = AdapterConfig(
-            trainable=self._param('adapt_trainable'), lr=self._param('adapt_lr'),
-            steps_per_candidate=self._param('adapt_steps_per_candidate'),
-            source_replay=self._param('adapt_source_replay'),
-            reprojection_weight=self._param('adapt_reprojection_weight'),
-            duty_cycle=self._param('adapt_duty_cycle'), threads=self._param('adapt_threads'),
-            gate=GateConfig(criterion=self._param('adapt_gate')))
+        adapter_config = adapter_config_from_node_parameters(
+            {name: self._param(name) for name in (*NODE_PARAMETERS, 'adapt_gate')})
         pair_buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
         try:
             self.adapter = OnlineAdapter(

@@ -8,11 +8,9 @@ Data specs on the command line:
 """
 import functools
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -174,16 +172,8 @@ def depth_batches(dataset, batch_size, seed=0, rank=0, world_size=1):
 
 def load_rendered_folder(path):
     """Frames of a folder written by `structflow render` (rgb, depth, K) for evaluation."""
-    path = Path(path)
-    meta = json.loads((path / 'camera.json').read_text())
-    frames = []
-    for rgb_path in sorted((path / 'rgb').glob('*.png')):
-        rgb = cv2.cvtColor(cv2.imread(str(rgb_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        depth = np.load(path / 'depth' / f'{rgb_path.stem}.npy')
-        # Sky is written as a far constant (camera.json sky_depth_m), not as a measurement.
-        valid = np.isfinite(depth) & (depth > 0) & (depth < meta.get('sky_depth_m', np.inf))
-        frames.append({'name': f'{path.name}/{rgb_path.stem}', 'rgb': rgb, 'depth': depth,
-                       'valid': valid, 'K': np.asarray(meta['K'])})
-    if not frames:
-        raise SourceError(f'{path}/rgb holds no png frames; expected a `structflow render` folder')
-    return frames
+    from structflow_ros.data.render_folder import RenderFolderError, render_folder_frames
+    try:
+        return list(render_folder_frames(path))
+    except RenderFolderError as error:
+        raise SourceError(str(error)) from None

@@ -1,0 +1,173 @@
+"""Replay one bag through the node's per-frame pipeline; per-frame rows, outputs written as
+they come (a Ctrl-C keeps everything processed so far, the output bag closed and valid).
+
+The objects are the node's own (no ROS): the weight store, the DepthServer (backend, probe,
+swaps between frames), the FramePipeline (each frame predicted by the serving version before
+the pair buffer sees it) and, with adaptation, the PairBuffer and the OnlineAdapter thread built
+from the node's adapt_* parameters.
+"""
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import cv2
+import numpy as np
+
+from structflow_ros.core.metrics import constant_depth_floor, depth_metrics
+from structflow_ros.online.adapter import OnlineAdapter, adapter_config_from_node_parameters
+from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
+from structflow_ros.online.pipeline import FramePipeline
+from structflow_ros.online.server import DepthServer, read_serving_checkpoint
+from structflow_ros.online.weight_store import VersionedWeightStore
+from structflow_ros.visual import colorize_depth, colormap_limits, error_map, panel
+
+ERROR_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3')
+
+
+@dataclass
+class ReplaySettings:
+    weights: Path
+    device: str = 'cpu'
+    backend: str = 'auto'
+    threads: int = 0
+    input_size: tuple = (0, 0)  # the network size; (0, 0) = the checkpoint's
+    adapt: bool = False
+    adapt_parameters: dict = field(default_factory=dict)  # the node's adapt_* values
+    adapt_state_dir: Optional[Path] = None
+    realtime: bool = False
+    max_depth: float = 80.0
+    label: str = ''
+
+
+@dataclass
+class FrameRow:
+    index: int
+    stamp_ns: int
+    version: int
+    latency_ms: float
+    model_ms: float
+    pair: str
+    width: int
+    height: int
+    metrics: Optional[dict] = None  # median-scaled Eigen metrics (depth_metrics)
+    raw_metrics: Optional[dict] = None  # the depth as published, no scaling
+    floor_abs_rel: float = float('nan')
+    gt_points: int = 0
+
+
+class ReplayRun:
+    """Build the serving stack for one set of weights; `process(frame)` -> FrameRow."""
+
+    def __init__(self, settings: ReplaySettings, log=None):
+        self.settings = settings
+        self._log = log or (lambda level, text: None)
+        state_dict, meta = read_serving_checkpoint(settings.weights)
+        self.store = VersionedWeightStore()
+        self.store.publish(state_dict, meta)
+        self.buffer = self.adapter = None
+        if settings.adapt:
+            config = meta['model_config']
+            if not config.flow_branch:
+                raise ValueError(f'--adapt needs weights with the flow branch; '
+                                 f'{settings.weights} has the depth path only')
+            self.buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
+            self.adapter = OnlineAdapter(
+                state_dict, config, self.store, self.buffer,
+                adapter_config_from_node_parameters(settings.adapt_parameters), settings.device,
+                settings.adapt_state_dir, resume=False, log=self._log)
+        del state_dict
+        self.server = DepthServer(self.store, settings.device, settings.input_size,
+                                  settings.backend, settings.threads, self._log)
+        self.server.start()
+        self.pipeline = FramePipeline(self.server, self.buffer)
+        self.swaps: List[tuple] = []  # (frame index, version)
+        self._last_version = self.server.served.version
+        self._started = None
+        self._first_record_ns = None
+
+    def start(self):
+        if self.adapter is not None:
+            self.adapter.start()
+
+    def close(self):
+        if self.adapter is not None:
+            self.adapter.stop()
+        self.server.close()
+
+    def _pace(self, frame):
+        """--realtime: wait until the frame's recorded time (the camera's clock)."""
+        if self._started is None:
+            self._started, self._first_record_ns = time.monotonic(), frame.record_ns
+            return
+        due = self._started + (frame.record_ns - self._first_record_ns) / 1e9
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def process(self, frame):
+        """One frame: swap (between frames), predict at the ground-truth size (else the
+        image's), then metrics. Returns (FrameRow, depth)."""
+        if self.settings.realtime:
+            self._pace(frame)
+        self.pipeline.between_frames()
+        started = time.perf_counter()
+        output_size = frame.gt.shape if frame.gt is not None else frame.rgb.shape[:2]
+        result = self.pipeline.process(frame.rgb, frame.stamp_ns, output_size)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        if result.version != self._last_version:
+            self.swaps.append((frame.index, result.version))
+            self._last_version = result.version
+        row = FrameRow(frame.index, frame.stamp_ns, result.version, latency_ms,
+                       result.model_s * 1e3, result.pair, frame.rgb.shape[1],
+                       frame.rgb.shape[0])
+        if frame.gt is not None:
+            valid = np.isfinite(frame.gt) & (frame.gt > 0)
+            row.gt_points = int((valid & (frame.gt < self.settings.max_depth)).sum())
+            if row.gt_points:
+                row.metrics = depth_metrics(result.depth, frame.gt, valid,
+                                            max_depth=self.settings.max_depth)
+                row.raw_metrics = depth_metrics(result.depth, frame.gt, valid,
+                                                max_depth=self.settings.max_depth,
+                                                median_scaling=False)
+                row.floor_abs_rel = constant_depth_floor(
+                    frame.gt, valid, max_depth=self.settings.max_depth)['abs_rel']
+        return row, result.depth
+
+    def status(self):
+        return self.adapter.status() if self.adapter is not None else {}
+
+
+def error_image(depth, gt, ratio, max_depth):
+    """Per-pixel AbsRel of the median-scaled depth (dilated so sparse lidar shows), bgr8."""
+    valid = np.isfinite(gt) & (gt > 0) & (gt < max_depth)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        scaled = np.clip(depth * (ratio if np.isfinite(ratio) else 1.0), 1e-3, max_depth)
+        abs_rel = np.where(valid, np.abs(scaled - gt) / np.where(valid, gt, 1.0), 0.0)
+    if valid.mean() < 0.2:  # sparse lidar: grow each point so the picture is readable
+        kernel = np.ones((5, 5), np.uint8)
+        abs_rel = cv2.dilate(abs_rel.astype(np.float32), kernel)
+        valid = cv2.dilate(valid.astype(np.uint8), kernel).astype(bool)
+    return error_map(abs_rel, valid)
+
+
+def side_by_side(frame, depth, row, max_depth, size=None):
+    """image | depth (| error with ground truth), bgr8, each panel at the image size."""
+    height, width = frame.rgb.shape[:2]
+    colored = colorize_depth(depth, colormap_limits(depth))
+    if colored.shape[:2] != (height, width):
+        colored = cv2.resize(colored, (width, height), interpolation=cv2.INTER_NEAREST)
+    panels = [panel(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR),
+                    f'#{frame.index} version {row.version}'),
+              panel(colored, f'depth {row.latency_ms:.0f} ms')]
+    if frame.gt is not None:
+        ratio = row.metrics['scale_ratio'] if row.metrics else float('nan')
+        error = error_image(depth, frame.gt, ratio, max_depth)
+        if error.shape[:2] != (height, width):
+            error = cv2.resize(error, (width, height), interpolation=cv2.INTER_NEAREST)
+        label = (f"AbsRel {row.metrics['abs_rel']:.3f}" if row.metrics else 'no ground truth')
+        panels.append(panel(error, label))
+    image = np.hstack(panels)
+    if size is not None and (image.shape[1], image.shape[0]) != size:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image
