@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from structflow_ros.progress import progress_bar
 from structflow_ros.replay.source import BagReplaySource, ReplayInputError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
@@ -121,7 +122,7 @@ def replay_one(source, settings, out, args, progress):
     total = source.counts.get(source.image_topic, 0)
     if args.max_frames:
         total = min(total, args.max_frames)
-    bar = _bar(progress, total, f'replay {settings.label}')
+    bar = progress_bar(progress, total, f'replay {settings.label}')
     interrupted = False
     rng = np.random.default_rng(0)
     run.start()
@@ -297,25 +298,6 @@ def table(summaries):
                  _fmt(s['latency_ms_p50'])]
         lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
     return '\n'.join(lines)
-
-
-class _NoBar:
-    def update(self, *_):
-        pass
-
-    def set_postfix_str(self, *_, **__):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(progress, total, desc):
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total or None, desc=desc, unit='frame', file=sys.stderr,
-                dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------------------------

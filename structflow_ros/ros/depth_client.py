@@ -5,10 +5,11 @@ node as its own process (`python -m structflow_ros.ros.depth_node --ros-args ...
 `ros2 run` starts), publish camera frames and camera_info at camera rate, and receive the
 node's outputs in another process, matched to the frame they answer by header stamp.
 
-- `NodeProcess`: the node as a child process; `stop()` is SIGINT, wait, kill (every path).
+- `NodeProcess` (ros/node_process.py): the node as a child process; `stop()` is SIGINT, wait,
+  kill (every path).
 - `DepthClient`: an rclpy context of its own with the camera publishers, subscriptions to the
   node's outputs and /diagnostics, and an executor thread that only stores what arrives.
-- `summarize_run`: end-to-end latency (image stamp -> depth received), rates and where frames
+- `summarize_run` (ros/run_summary.py): end-to-end latency (image stamp -> depth received), rates and where frames
   went (lost before the node, dropped by it, lost after it), from the replies and the node's
   own diagnostics counters.
 
@@ -16,18 +17,11 @@ Stamps are the wall clock at publish time (`time.time_ns()`, what a camera drive
 receive times the same clock in the same process, so latency needs no clock sync.
 """
 import collections
-import os
-import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import rclpy
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -36,146 +30,17 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from structflow_ros.ros.image_publisher import make_image_msg, pinhole_camera_info
+# The node process and the run summary live in their own modules (no rclpy there); the names
+# stay importable from here for the demo, the node benchmark and the tests.
+from structflow_ros.ros.node_process import (NODE_MODULE, RANDOM_DOMAIN_RANGE,  # noqa: F401
+                                             NodeProcess, NodeStartError, node_ros_args,
+                                             pick_domain_id, ros_env, write_params_file)
 from structflow_ros.ros.qos import make_qos
+from structflow_ros.ros.run_summary import (DROP_COUNTERS, percentile, rate_hz,  # noqa: F401
+                                            summarize_run)
 
-NODE_MODULE = 'structflow_ros.ros.depth_node'
 OUTPUT_TYPES = {'depth': Image, 'depth/colored': Image, 'depth/camera_info': CameraInfo,
                 'depth/points': PointCloud2}
-# Random domain ids come from here: clear of 0 (everyone's default) and of the ids the tests
-# spread over (1..101 is the valid range on Linux for every RMW).
-RANDOM_DOMAIN_RANGE = (30, 99)
-# Node counters that say where an input frame went once the node took it.
-DROP_COUNTERS = ('dropped_stale', 'dropped_bad_input', 'dropped_no_scale', 'processing_errors')
-
-
-class NodeStartError(RuntimeError):
-    """The node process exited or never matched our topics; the message has its log tail."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Environment and the node process
-# ----------------------------------------------------------------------------------------------
-def pick_domain_id(requested=None, environ=None):
-    """(domain_id, how): `requested`, else $ROS_DOMAIN_ID, else random in 30..99."""
-    environ = os.environ if environ is None else environ
-    if requested is not None:
-        return int(requested), 'from --ros-domain-id'
-    value = environ.get('ROS_DOMAIN_ID', '').strip()
-    if value:
-        if not value.isdigit() or not 0 <= int(value) <= 232:
-            raise ValueError(f"ROS_DOMAIN_ID '{value}' is not a domain id (an integer 0..232, "
-                             '0..101 portable)')
-        return int(value), 'from ROS_DOMAIN_ID'
-    return random.randint(*RANDOM_DOMAIN_RANGE), 'random; set ROS_DOMAIN_ID to choose'
-
-
-def ros_env(domain_id, log_dir, base=None):
-    """Environment for a ROS process: local-only discovery, its own log dir and domain.
-
-    Children start with `sys.executable` and this (the parent's) environment: the ROS wheels
-    re-execute Python with LD_LIBRARY_PATH set (toolchain.md).
-    """
-    env = dict(os.environ if base is None else base)
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    env.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_LOG_DIR=str(log_dir),
-               ROS_DOMAIN_ID=str(int(domain_id)), PYTHONUNBUFFERED='1')
-    source_root = str(Path(__file__).resolve().parents[2])  # runs from a checkout too
-    paths = [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
-    if source_root not in paths:
-        env['PYTHONPATH'] = os.pathsep.join([source_root] + paths)
-    return env
-
-
-def write_params_file(path, parameters, base_file=None):
-    """A --params-file for the node: `base_file`'s parameters (if any) updated with ours.
-
-    A YAML file (not `-p name:=value`) keeps any path or string exactly as given.
-    """
-    values = {}
-    if base_file:
-        loaded = yaml.safe_load(Path(base_file).read_text()) or {}
-        for section in loaded.values():  # '/**', 'depth_node', '/ns/depth_node', ...
-            if isinstance(section, dict):
-                values.update(section.get('ros__parameters', {}) or {})
-    values.update(parameters)
-    Path(path).write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    return Path(path)
-
-
-def _parent_death_signal():
-    """preexec_fn: SIGINT the child when this process dies (Linux), so no node outlives us."""
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def set_signal():
-        prctl(pr_set_pdeathsig, int(signal.SIGINT))
-    return set_signal if sys.platform.startswith('linux') else None
-
-
-class NodeProcess:
-    """The depth node as a child process, output in a log file; stop() = SIGINT, wait, kill.
-
-    The child gets a session of its own, so a Ctrl-C in the terminal reaches only the parent,
-    which then stops the node in order; it also gets SIGINT if the parent dies.
-    """
-
-    def __init__(self, ros_args, env, log_path, module=NODE_MODULE):
-        self.log_path = Path(log_path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, 'wb')
-        self.command = [sys.executable, '-m', module, '--ros-args', *map(str, ros_args)]
-        try:
-            self.popen = subprocess.Popen(self.command, stdout=self._log,
-                                          stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True,
-                                          preexec_fn=_parent_death_signal())
-        except BaseException:
-            self._log.close()
-            raise
-
-    @property
-    def alive(self):
-        return self.popen.poll() is None
-
-    @property
-    def returncode(self):
-        return self.popen.poll()
-
-    def log_tail(self, chars=3000):
-        try:
-            return self.log_path.read_text(errors='replace')[-chars:]
-        except OSError:
-            return ''
-
-    def stop(self, timeout=15.0):
-        """SIGINT, wait up to `timeout` s, then SIGKILL; idempotent; returns the exit code."""
-        try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGINT)
-                try:
-                    self.popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait(10)
-        finally:
-            if not self._log.closed:
-                self._log.close()
-        return self.popen.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def node_ros_args(params_file, namespace):
-    """--ros-args for the node: our parameters and a namespace of its own."""
-    return ['--params-file', str(params_file), '-r', f'__ns:={namespace}']
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,76 +307,3 @@ class DepthClient:
         self.close()
 
 
-# ----------------------------------------------------------------------------------------------
-# Numbers
-# ----------------------------------------------------------------------------------------------
-def percentile(values, q):
-    return float(np.percentile(values, q)) if len(values) else float('nan')
-
-
-def rate_hz(times_ns):
-    """Events per second between the first and the last of `times_ns` (0 for < 2 events)."""
-    if len(times_ns) < 2:
-        return 0.0
-    span = (max(times_ns) - min(times_ns)) / 1e9
-    return (len(times_ns) - 1) / span if span > 0 else 0.0
-
-
-def _counter_delta(after, before, key):
-    if after is None or not isinstance(after.get(key), int):
-        return None
-    base = before.get(key, 0) if before is not None else 0
-    return after[key] - (base if isinstance(base, int) else 0)
-
-
-def summarize_run(client, published, before=None, after=None, expect=('depth',)):
-    """Latency, rates and frame accounting of one streamed run.
-
-    published: [(stamp_ns, index)] from `DepthClient.stream`; before / after: the node's
-    diagnostics values at the start and the end (counters are differenced, so warm-up frames
-    are left out of the counts; the node's timing percentiles cover its last 300 frames).
-    e2e latency = depth received - image stamp; e2e_all = the last of `expect` received.
-    """
-    latencies, all_latencies, receive_times = [], [], []
-    for stamp, _ in published:
-        hit = client.reply(stamp, 'depth')
-        if hit is None:
-            continue
-        latencies.append((hit[0] - stamp) / 1e6)
-        receive_times.append(hit[0])
-        arrivals = [client.reply(stamp, topic) for topic in expect]
-        if all(arrivals):
-            all_latencies.append((max(a[0] for a in arrivals) - stamp) / 1e6)
-    sent = len(published)
-    received = len(latencies)
-    frames_in = _counter_delta(after, before, 'frames_in')
-    frames_out = _counter_delta(after, before, 'frames_out')
-    dropped = [_counter_delta(after, before, key) for key in DROP_COUNTERS]
-    dropped_by_node = None if None in dropped else sum(dropped)
-    summary = {
-        'frames_sent': sent,
-        'depth_received': received,
-        'camera_rate_hz': rate_hz([stamp for stamp, _ in published]),
-        'output_rate_hz': rate_hz(receive_times),
-        'e2e_ms_p50': percentile(latencies, 50),
-        'e2e_ms_p95': percentile(latencies, 95),
-        'e2e_ms_max': max(latencies) if latencies else float('nan'),
-        'e2e_all_outputs_ms_p50': percentile(all_latencies, 50),
-        'e2e_all_outputs_ms_p95': percentile(all_latencies, 95),
-        'all_outputs_received': len(all_latencies),
-        'frames_in_node': frames_in,
-        'frames_out_node': frames_out,
-        'dropped_by_node': dropped_by_node,
-        'dropped_stale': dropped[0],
-        'lost_before_node': None if frames_in is None else sent - frames_in,
-        'lost_after_node': None if frames_out is None else frames_out - received,
-        'frames_lost': None if dropped_by_node is None else sent - received - dropped_by_node,
-        'latencies_ms': latencies,
-    }
-    for key in ('inference_ms_p50', 'inference_ms_p95', 'queue_ms_p50', 'queue_ms_p95',
-                'processing_ms_p50', 'processing_ms_p95', 'overhead_ms_p50',
-                'overhead_ms_p95'):
-        value = after.get(key) if after is not None else None
-        summary[f'node_{key}'] = float(value) if isinstance(value, (int, float)) else float(
-            'nan')
-    return summary
