@@ -47,6 +47,9 @@ FLOOD_CASES = [('best_effort', 'best_effort', FLOOD_S), ('reliable', 'reliable',
 # Bounds: what a healthy node may vary by (allocator arenas, DDS buffers settling), far below
 # any per-message leak. Measured values are in docs/reliability.md.
 RSS_GROWTH_LIMIT_MB = 64.0
+# After a flood, Fast DDS may deliver nothing on the flooded topic for a while (measured up to
+# more than 30 s with best effort); the node is checked separately to answer at once.
+TRANSPORT_RECOVERY_S = 90.0
 FD_GROWTH_LIMIT = 4
 HERE = Path(__file__).resolve().parent
 
@@ -93,6 +96,12 @@ def test_flood_640x480_at_200hz_keeps_memory_flat_and_the_node_responsive(  # no
     weights = make_tiny_checkpoint(dds.tmp / 'flood_tiny.pt', seed=5)
     node = start(dds, f'flood_node_{camera_qos}', namespace, topic, weights=weights,
                  qos_reliability=node_qos)
+    # The camera that speaks after the flood exists (and is matched) before it: an endpoint
+    # created right after a flood can take tens of seconds to be discovered (discovery shares
+    # the flooded transport; seen in CI), which would measure discovery, not the node.
+    publisher = client.node.create_publisher(Image, topic, make_qos(camera_qos, 5))
+    wait_until(lambda: publisher.get_subscription_count() >= 1, 30,
+               'the after-flood camera matched with the node', node)
     flood = None
     try:
         flood_log = open(dds.tmp / f'flood_camera_{camera_qos}.log', 'w')
@@ -128,8 +137,13 @@ def test_flood_640x480_at_200hz_keeps_memory_flat_and_the_node_responsive(  # no
         # Every frame in is out or dropped; the snapshots are taken mid-flood, so up to two
         # frames (one in the slot, one computing) may be in flight at either end.
         assert abs(frames_in - frames_out - stale) <= 2, (frames_in, frames_out, stale)
-        # Right after: a normal camera at 10 Hz gets depth back promptly.
-        publisher = client.node.create_publisher(Image, topic, make_qos(camera_qos, 5))
+        # Right after: the node itself answers at once (its /diagnostics keep coming), and a
+        # normal camera at 10 Hz gets depth back once the transport has drained. That second
+        # wait is DDS's, not the node's: with best effort it took 0.1 s, 9.5 s and more than
+        # 30 s in three runs here (docs/reliability.md); the bound below is the transport's.
+        last_report = client.messages('/diagnostics')[-1]
+        wait_until(lambda: client.messages('/diagnostics')[-1] is not last_report, 5,
+                   '/diagnostics right after the flood', node)
         rgb = np.full((480, 640, 3), 90, np.uint8)
         rgb[::16] = 200
         header = Header(frame_id=FRAME_ID)
@@ -144,7 +158,8 @@ def test_flood_640x480_at_200hz_keeps_memory_flat_and_the_node_responsive(  # no
             time.sleep(0.1)
             return any(m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec in ours
                        for m in client.messages(f'{namespace}/depth')[-5:])
-        wait_until(answered, 30, 'depth for a normal frame after the flood', node)
+        wait_until(answered, TRANSPORT_RECOVERY_S, 'depth for a normal frame after the flood',
+                   node)
         print(f'first depth {time.monotonic() - started:.1f} s after the flood ended')
         assert node.poll() is None
     finally:

@@ -45,9 +45,9 @@ def write_bag(path, frames, storage='mcap', gt=True, gt_encoding='32FC1', stamps
     with BagWriter(path, storage=storage) as writer:
         for number, frame in enumerate(frames):
             stamp = frame.stamp_ns if stamps is None else stamps[number]
-            writer.write_image(IMAGE, stamp, frame.rgb)
+            writer.write_image(IMAGE, stamp, frame.rgb, frame_id='cam_front')
             writer.write_camera_info(INFO, stamp, frame.K, frame.rgb.shape[1],
-                                     frame.rgb.shape[0])
+                                     frame.rgb.shape[0], frame_id='cam_front')
             if gt:
                 depth = np.where(frame.depth_valid, frame.depth, 0.0)
                 if sparse:  # lidar-like: one pixel in 8 has a reading, the rest are zeros
@@ -102,6 +102,7 @@ def test_output_bag_reads_with_rosbags_and_mcap_ros2(tmp_path, weights, drive):
     assert depth.shape == (64, 96) and np.isfinite(depth).all() and (depth > 0).all()
     stamps = [bag_io.header_stamp_ns(m) for m in depths]
     assert stamps == [f.stamp_ns for f in drive[:4]]  # the images' own stamps
+    assert {m.header.frame_id for m in depths} == {'cam_front'}  # and their frame_id
     # An independent reader: the MCAP library with its ROS 2 decoder.
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory

@@ -133,7 +133,7 @@ def replay_one(source, settings, out, args, progress):
             if row.metrics is not None:
                 samples.append(_global_scale_sample(depth, frame.gt, args.max_depth, rng))
             if bag is not None:
-                bag.write_frame(frame, depth, args.frame_id or 'camera')
+                bag.write_frame(frame, depth, args.frame_id or frame.frame_id or 'camera')
             if video is not None:
                 video.write(side_by_side(frame, depth, row, args.max_depth))
             bar.update(1)

@@ -29,6 +29,7 @@ class ReplayFrame:
     K: Optional[np.ndarray]  # (3, 3) at the image size, from the latest CameraInfo
     gt: Optional[np.ndarray]  # (H_gt, W_gt) float32 metres, NaN where missing
     gt_stamp_ns: Optional[int]
+    frame_id: str = ''  # the image's header frame_id (the outputs keep it, as the node does)
 
 
 @dataclass
@@ -204,7 +205,8 @@ class BagReplaySource:
                     self.stats.gt_unmatched += 1
                 else:
                     self.stats.gt_matched += 1
-            yield ReplayFrame(index, stamp_ns, int(record_ns), rgb, K, gt, gt_stamp)
+            yield ReplayFrame(index, stamp_ns, int(record_ns), rgb, K, gt, gt_stamp,
+                              str(getattr(msg.header, 'frame_id', '')))
             index += 1
 
 
