@@ -69,7 +69,7 @@ def from_video(args):
     from tqdm import tqdm
     from structflow_ros.data.bag_io import BagError, BagWriter
     from structflow_ros.data.sources import SourceError, open_source
-    from structflow_ros.replay.source import scale_intrinsics
+    from structflow_ros.data.camera import resize_intrinsics
     if args.rate < 0 or args.max_frames < 0 or args.stride < 1 or args.max_width < 0:
         raise BagInputError('--rate, --max-frames and --max-width must be >= 0, --stride >= 1')
     out = Path(args.out)
@@ -103,7 +103,7 @@ def from_video(args):
                     writer.write_image(args.topic, stamp, rgb, 'rgb8', args.frame_id)
                 if camera is not None:
                     K, D, model, width, height = camera
-                    K_image = scale_intrinsics(K, (height, width), rgb.shape[:2])
+                    K_image = resize_intrinsics(K, (height, width), rgb.shape[:2])
                     writer.write_camera_info(args.camera_info_topic, stamp, K_image,
                                              rgb.shape[1], rgb.shape[0], args.frame_id,
                                              model, D)

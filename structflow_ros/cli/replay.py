@@ -112,7 +112,7 @@ def node_adapt_parameters(params_file):
 def replay_one(source, settings, out, args, progress):
     """Replay the bag once; writes the report folder; returns (summary, interrupted)."""
     from structflow_ros.replay.outputs import OutputBag, SideBySideVideo
-    from structflow_ros.replay.run import ReplayRun, side_by_side
+    from structflow_ros.replay.run import ReplayRun, colorize, side_by_side
     out.mkdir(parents=True, exist_ok=True)
     messages = []
     run = ReplayRun(settings, log=lambda level, text: messages.append(f'[{level}] {text}'))
@@ -132,10 +132,12 @@ def replay_one(source, settings, out, args, progress):
             rows.append(row)
             if row.metrics is not None:
                 samples.append(_global_scale_sample(depth, frame.gt, args.max_depth, rng))
+            colored = colorize(depth) if bag is not None or video is not None else None
             if bag is not None:
-                bag.write_frame(frame, depth, args.frame_id or frame.frame_id or 'camera')
+                bag.write_frame(frame, depth, colored,
+                                args.frame_id or frame.frame_id or 'camera')
             if video is not None:
-                video.write(side_by_side(frame, depth, row, args.max_depth))
+                video.write(side_by_side(frame, colored, row, depth, args.max_depth))
             bar.update(1)
             if row.metrics is not None:
                 bar.set_postfix_str(f"AbsRel {row.metrics['abs_rel']:.3f} v{row.version}",

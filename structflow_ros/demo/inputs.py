@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from structflow_ros.progress import progress_bar
-from structflow_ros.replay.source import scale_intrinsics
+from structflow_ros.data.camera import resize_intrinsics
 
 
 class DemoInputError(ValueError):
@@ -53,7 +53,7 @@ def _scale_to_width(frame, max_width):
         frame.gt_valid = cv2.resize(frame.gt_valid.astype(np.uint8), size,
                                     interpolation=cv2.INTER_NEAREST).astype(bool)
     if frame.K is not None:
-        frame.K = scale_intrinsics(frame.K, (height, width), (size[1], size[0]))
+        frame.K = resize_intrinsics(frame.K, (height, width), (size[1], size[0]))
     return frame
 
 

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 
 from structflow_ros.data import bag_io
-from structflow_ros.visual import colorize_depth, colormap_limits, even
+from structflow_ros.data.camera import resize_intrinsics
+from structflow_ros.visual import even
 
 POINTCLOUD_MSGTYPE = 'sensor_msgs/msg/PointCloud2'
 POINTS_DECIMATION = 4  # every 4th pixel of every 4th row: a readable cloud, a small bag
@@ -27,23 +28,19 @@ class OutputBag:
         self.writer.write_message(topic, msgtype, record_ns, msg)
         self.messages += 1
 
-    def write_frame(self, frame, depth, frame_id):
-        """depth (metres or relative units, at the image size or not) for one replayed frame,
-        recorded at the image's record time with the image's header stamp."""
+    def write_frame(self, frame, depth, colored, frame_id):
+        """depth (metres or relative units, at the image size or not) and its colour picture
+        (bgr8, `colorize`) for one replayed frame, recorded at the image's header stamp."""
         stamp = frame.stamp_ns
         ns = self.namespace
         self.writer.write_image(f'{ns}/depth', stamp, depth.astype(np.float32), '32FC1',
                                 frame_id)
-        colored = colorize_depth(depth, colormap_limits(depth))
         self.writer.write_image(f'{ns}/depth/colored', stamp,
                                 cv2.cvtColor(colored, cv2.COLOR_BGR2RGB), 'bgr8', frame_id)
         self.messages += 2
         if frame.K is not None:
             height, width = depth.shape
-            K = frame.K.copy()
-            sx, sy = width / frame.rgb.shape[1], height / frame.rgb.shape[0]
-            K[0], K[1] = K[0] * sx, K[1] * sy
-            K[0, 2], K[1, 2] = (frame.K[0, 2] + 0.5) * sx - 0.5, (frame.K[1, 2] + 0.5) * sy - 0.5
+            K = resize_intrinsics(frame.K, frame.rgb.shape[:2], depth.shape)
             self.writer.write_camera_info(f'{ns}/depth/camera_info', stamp, K, width, height,
                                           frame_id)
             self.writer.write_message(f'{ns}/depth/points', POINTCLOUD_MSGTYPE, stamp,

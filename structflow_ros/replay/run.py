@@ -151,10 +151,14 @@ def error_image(depth, gt, ratio, max_depth):
     return error_map(abs_rel, valid)
 
 
-def side_by_side(frame, depth, row, max_depth, size=None):
+def colorize(depth):
+    """The colour picture of a depth map (bgr8), made once per frame for video and bag."""
+    return colorize_depth(depth, colormap_limits(depth))
+
+
+def side_by_side(frame, colored, row, depth, max_depth, size=None):
     """image | depth (| error with ground truth), bgr8, each panel at the image size."""
     height, width = frame.rgb.shape[:2]
-    colored = colorize_depth(depth, colormap_limits(depth))
     if colored.shape[:2] != (height, width):
         colored = cv2.resize(colored, (width, height), interpolation=cv2.INTER_NEAREST)
     panels = [panel(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR),

@@ -14,6 +14,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from structflow_ros.data import bag_io, image_codec
+from structflow_ros.data.camera import resize_intrinsics
 
 
 class ReplayInputError(ValueError):
@@ -198,7 +199,7 @@ class BagReplaySource:
                 last_size = size
             K = None
             if K_full is not None and K_full[0, 0] > 0 and np.isfinite(K_full).all():
-                K = scale_intrinsics(K_full, K_size, size)
+                K = resize_intrinsics(K_full, K_size, size)
             gt, gt_stamp = self._match_gt(stamp_ns)
             if self.gt_topic is not None:
                 if gt is None:
@@ -208,15 +209,3 @@ class BagReplaySource:
             yield ReplayFrame(index, stamp_ns, int(record_ns), rgb, K, gt, gt_stamp,
                               str(getattr(msg.header, 'frame_id', '')))
             index += 1
-
-
-def scale_intrinsics(K, calibrated_size, image_size):
-    """K of a camera calibrated at (H, W) for an image of another size (pixel-centre rule);
-    a camera_info without a size is taken to match the image."""
-    height, width = image_size
-    cal_h, cal_w = calibrated_size if calibrated_size and all(calibrated_size) else image_size
-    sx, sy = width / cal_w, height / cal_h
-    K = np.array(K, dtype=np.float64)
-    K[0, 0], K[0, 1], K[1, 1] = K[0, 0] * sx, K[0, 1] * sx, K[1, 1] * sy
-    K[0, 2], K[1, 2] = (K[0, 2] + 0.5) * sx - 0.5, (K[1, 2] + 0.5) * sy - 0.5
-    return K
