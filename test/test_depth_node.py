@@ -171,7 +171,7 @@ def node_a(dds):
     # ~/reload_weights included, then runs through the export path over real DDS.
     process = start_node(dds, 'node_a', NAMESPACE, IMAGE_TOPIC, output_height=OUT_HEIGHT,
                          output_width=OUT_WIDTH, points_decimation=DECIMATION,
-                         max_image_pixels=1_000_000, backend='openvino')
+                         max_image_pixels=1_000_000, backend='openvino', network_aspect='keep')
     client = dds.client
     publishers = SimpleNamespace(image=client.camera_publisher(IMAGE_TOPIC, Image),
                                  info=client.camera_publisher(INFO_TOPIC, CameraInfo))
@@ -260,6 +260,18 @@ def test_parameters_from_yaml_and_remaps_take_effect(node_a):
     values = dict(zip(names, map(parameter_value_to_python, response.values)))
     assert values == {'points_decimation': DECIMATION, 'output_width': OUT_WIDTH,
                       'diagnostics_period': 0.2, 'depth_mode': 'relative', 'threads': 1}
+    # network_aspect:=keep: a portrait 60x120 camera runs at the network size of its own
+    # aspect (128x64 for the 64x96 test model), not squashed to 64x96.
+    portrait = synthetic_frame(120, 60, 0)
+    request(client, node_a.pub.image, lambda header: make_image_msg(portrait, 'rgb8', header),
+            ['depth'], process=node_a.process)
+
+    def reports_portrait_size():
+        diagnostics = node_diagnostics(client, NAMESPACE) or {}
+        return diagnostics.get('network_input_hw') == '128x64'
+    wait_until(reports_portrait_size, 10.0, '/diagnostics network_input_hw 128x64',
+               node_a.process)
+    assert node_diagnostics(client, NAMESPACE)['network_aspect'] == 'keep'
 
 
 def test_bad_parameter_is_refused_and_live_ones_apply(node_a):

@@ -129,8 +129,25 @@ def test_evaluate_real_frames(shared_data, finetuned, tmp_path):
                           'cpu', '--shared-data', str(shared_data), '--out',
                           str(report_dir)]) == 0
     report = json.loads((report_dir / 'metrics.json').read_text())
-    assert set(report['depth']) == {'real_kitti', 'real_nyu', 'real_tum'}
-    assert report['depth']['real_kitti']['garg_crop'] is True
+    # Every real source in its own row, with its own cap and crop.
+    assert set(report['depth']) == {
+        'real_kitti_depth', 'real_kitti_object', 'real_kitti2015', 'real_nuscenes',
+        'real_argoverse', 'real_nyu_depth', 'real_nyu_diningroom', 'real_tum'}
+    assert report['depth']['real_kitti_depth']['garg_crop'] is True
+    assert report['depth']['real_nuscenes']['model']['frames'] == 6
+    assert report['depth']['real_tum']['max_depth'] == 10.0
+    assert report['depth']['real_argoverse']['max_depth'] == 80.0
+    outdoor = report['pooled']['real_outdoor']
+    assert outdoor['model']['frames'] == 12 and report['pooled']['real_indoor']['model'][
+        'frames'] == 11
+    # The pooled row is the per-frame mean over the outdoor sets.
+    frames = [f['abs_rel'] for name in outdoor['sets']
+              for f in report['depth'][name]['per_frame']]
+    assert outdoor['model']['abs_rel'] == pytest.approx(sum(frames) / len(frames))
+    # The labelled cars of KITTI object 000008 (3.7, 6.2, 7.9 m) are checked for sharpness.
+    assert sum(c['frame'] == '000008' for c in report['near_vehicles']) == 3
+    sheet = report_dir / 'real_sheet.png'
+    assert sheet.stat().st_size > 10000
     rubber = report['flow']['real_rubberwhale']
     assert rubber['zero']['epe'] == pytest.approx(1.256, abs=0.01)
 

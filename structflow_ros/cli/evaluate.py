@@ -4,10 +4,15 @@
   structflow evaluate --weights runs/finetune/last.pt --synthetic fog:40:7 --real \
       --out reports/eval
 
-Sets: synthetic domains (rendered at the model size), the KITTI / NYU / TUM frames of
-../shared/data (--real), folders written by `structflow render` (--folder). Flow: EPE and Fl-all
-on synthetic pairs and Middlebury RubberWhale, beside zero flow, Farneback and DIS.
-Writes OUT/metrics.json and OUT/<set>_best_worst.png.
+Sets: synthetic domains (rendered at the model size), every real depth set of ../shared/data
+(--real: KITTI, KITTI object, KITTI 2015, nuScenes' 6 cameras, Argoverse, NYU, TUM; each its own
+row with its cap, 80 m outdoors and 10 m indoors, plus the pooled outdoor row the default model
+is judged on), folders written by `structflow render` (--folder). Frames are served at the
+network size of their own aspect (--aspect keep, as the node does) or squashed to the model size
+(--aspect squash); --aspect both measures the two side by side. Flow: EPE and Fl-all on
+synthetic pairs and Middlebury RubberWhale, beside zero flow, Farneback and DIS.
+Writes OUT/metrics.json, OUT/<set>_best_worst.png and, with --real, OUT/real_sheet.png
+(every real frame: image | ground truth | depth | error).
 """
 import argparse
 import json
@@ -29,7 +34,12 @@ def get_args_parser():
                         help='DOMAIN[:FRAMES[:SEED]] sets (default '
                              f'{" ".join(DEFAULT_SYNTHETIC)})')
     parser.add_argument('--real', action='store_true',
-                        help='the KITTI/NYU/TUM frames and RubberWhale of ../shared/data')
+                        help='every real depth set and RubberWhale of ../shared/data')
+    parser.add_argument('--real-sets', nargs='*', default=None,
+                        help='only these real sets (default: all; see data/real_depth_eval.py)')
+    parser.add_argument('--aspect', default='keep', choices=('keep', 'squash', 'both'),
+                        help='serve each frame at its own aspect (keep, the node default) or '
+                        'squashed to the model size; both: measure the two')
     parser.add_argument('--shared-data', default='', help='shared data folder (default: '
                         '$STRUCTFLOW_SHARED_DATA or ../shared/data)')
     parser.add_argument('--folder', nargs='*', default=[], help='`structflow render` folders')
@@ -39,38 +49,58 @@ def get_args_parser():
     return parser
 
 
-def _sheet(frames, result, path, count=3):
-    """PNG: best and worst frames by AbsRel, rows of RGB | ground truth | prediction."""
+def _sheet_row(frame, pred, metrics, label, max_depth, height=160):
+    """RGB | ground truth | prediction (median-scaled, one colour scale) | AbsRel error."""
     import cv2
 
     from structflow_ros.data.synthetic.preview import depth_to_color
+    from structflow_ros.visual import error_map
+    valid = np.asarray(frame['valid'], bool) & (frame['depth'] > 0) & \
+        (frame['depth'] <= max_depth)
+    scaled = pred * metrics['scale_ratio']
+    # One colour scale for ground truth and prediction: brightest at gt's 5th percentile.
+    near = float(np.percentile(frame['depth'][valid], 5)) if valid.any() else None
+    error = np.abs(scaled - frame['depth']) / np.maximum(frame['depth'], 1e-3)
+    # Sparse LiDAR points are single pixels: grow them so the error column can be seen.
+    grow = max(1, frame['depth'].shape[1] // 400)
+    error_bgr = error_map(np.where(valid, error, 0.0), valid)
+    gt_bgr = cv2.cvtColor(depth_to_color(frame['depth'], valid, near), cv2.COLOR_RGB2BGR)
+    if valid.mean() < 0.05:
+        kernel = np.ones((2 * grow + 1,) * 2, np.uint8)
+        error_bgr, gt_bgr = cv2.dilate(error_bgr, kernel), cv2.dilate(gt_bgr, kernel)
+    row = [cv2.cvtColor(frame['rgb'], cv2.COLOR_RGB2BGR), gt_bgr,
+           cv2.cvtColor(depth_to_color(scaled, None, near), cv2.COLOR_RGB2BGR), error_bgr]
+    row = [cv2.resize(img, (int(img.shape[1] * height / img.shape[0]), height),
+                      interpolation=cv2.INTER_AREA) for img in row]
+    row = np.concatenate(row, 1)
+    cv2.putText(row, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return row
+
+
+def _write_rows(rows, path):
+    import cv2
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(rows, 0))
+    return path
+
+
+def _sheet(frames, result, path, count=3, max_depth=80.0):
+    """PNG: best and worst frames by AbsRel, rows of RGB | ground truth | prediction | error."""
     order = sorted(range(len(result['per_frame'])),
                    key=lambda i: result['per_frame'][i]['abs_rel']
                    if math.isfinite(result['per_frame'][i]['abs_rel']) else float('inf'))
     picks = order[:count] + [i for i in order[::-1][:count] if i not in order[:count]]
     rows = []
     for rank, index in enumerate(picks):
-        frame, pred = frames[index], result['predictions'][index]
-        valid = np.asarray(frame['valid'], bool) & (frame['depth'] > 0)
-        scaled = pred * result['per_frame'][index]['scale_ratio']
-        # One colour scale for ground truth and prediction: brightest at gt's 5th percentile.
-        near = float(np.percentile(frame['depth'][valid], 5)) if valid.any() else None
-        row = [frame['rgb'], depth_to_color(frame['depth'], valid, near),
-               depth_to_color(scaled, None, near)]
-        row = [cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in row]
-        height = 160
-        row = [cv2.resize(img, (int(img.shape[1] * height / img.shape[0]), height)) for img in row]
-        row = np.concatenate(row, 1)
+        metrics = result['per_frame'][index]
         label = ('best' if rank < count else 'worst') + \
-            f" {frame.get('name', index)} AbsRel {result['per_frame'][index]['abs_rel']:.3f}"
-        cv2.putText(row, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-        rows.append(row)
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.concatenate(rows, 0))
-    return path
+            f" {frames[index].get('name', index)} AbsRel {metrics['abs_rel']:.3f}"
+        rows.append(_sheet_row(frames[index], result['predictions'][index], metrics, label,
+                               max_depth))
+    return _write_rows(rows, path)
 
 
 def synthetic_sequences(args, config):
@@ -83,27 +113,33 @@ def synthetic_sequences(args, config):
 
 
 def depth_sets(args, config):
-    """name -> (frames, max_depth, garg_crop)."""
+    """name -> (frames, max_depth, garg_crop, outdoor: True/False for real sets, else None)."""
     from structflow_ros.training import datasets
     sets = {}
     for name, frames in synthetic_sequences(args, config):
         sets[name] = ([{'rgb': f.rgb, 'depth': f.depth, 'valid': f.depth_valid,
-                        'name': f'{f.domain}/{f.index}'} for f in frames], 80.0, False)
+                        'name': f'{f.domain}/{f.index}'} for f in frames], 80.0, False, None)
     for folder in args.folder:
         sets[f'folder_{Path(folder).name}'] = (datasets.load_rendered_folder(folder), 80.0,
-                                               False)
+                                               False, None)
     if args.real:
-        from structflow_ros.data import shared_data
-        root = args.shared_data or None
-        for dataset, garg in (('kitti', True), ('nyu', False)):
-            frames = shared_data.load_depth_frames(dataset, root)
-            sets[f'real_{dataset}'] = ([{'rgb': f.image, 'depth': f.depth, 'valid': f.valid,
-                                         'name': f'{dataset}/{f.name}'} for f in frames],
-                                       frames[0].max_depth, garg)
-        tum = shared_data.load_tum_pair(root)
-        sets['real_tum'] = ([{'rgb': f.image, 'depth': f.depth, 'valid': f.valid,
-                              'name': f'tum/{f.name}'} for f in tum], tum[0].max_depth, False)
+        from structflow_ros.data.real_depth_eval import load_real_sets
+        for real in load_real_sets(args.shared_data or None, args.real_sets):
+            sets[f'real_{real.name}'] = ([{'rgb': f.image, 'depth': f.depth, 'valid': f.valid,
+                                           'name': f'{real.name}/{f.name}', 'frame': f.name,
+                                           'vehicles': real.vehicles}
+                                          for f in real.frames], real.max_depth,
+                                         real.garg_crop, real.outdoor)
     return sets
+
+
+def pooled(report, names):
+    """Mean of per-frame metrics over several sets (every frame weighs the same)."""
+    model = [f for n in names for f in report['depth'][n]['per_frame']]
+    floor = [f for n in names for f in report['depth'][n]['floor_per_frame']]
+    from structflow_ros.core.metrics import aggregate_depth_metrics
+    return {'sets': list(names), 'model': aggregate_depth_metrics(model),
+            'floor': aggregate_depth_metrics(floor)}
 
 
 def flow_sets(args, config):
@@ -135,17 +171,62 @@ def main(args):
     report = {'weights': weights, 'step': meta['step'], 'trained_on': meta['trained_on'],
               'model_config': meta['model_config'].to_dict(), 'depth': {}, 'flow': {}}
     keys = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'scale_ratio_spread')
+    aspects = ('keep', 'squash') if args.aspect == 'both' else (args.aspect,)
+    report['aspect'] = aspects[0]
     print(f"{'set':<22} {'':<6} " + ' '.join(f'{k:>9}' for k in keys))
-    for name, (frames, max_depth, garg) in sets.items():
-        result = evaluate_depth(model, frames, max_depth=max_depth, garg_crop=garg,
-                                device=device, keep_predictions=True)
-        sheet = _sheet(frames, result, out / f'{name}_best_worst.png')
+    sheet_rows = []
+    for name, (frames, max_depth, garg, outdoor) in sets.items():
+        results = {aspect: evaluate_depth(model, frames, max_depth=max_depth, garg_crop=garg,
+                                          device=device, keep_predictions=True,
+                                          keep_aspect=aspect == 'keep')
+                   for aspect in aspects}
+        result = results[aspects[0]]
+        sheet = _sheet(frames, result, out / f'{name}_best_worst.png', max_depth=max_depth)
         report['depth'][name] = {'model': result['model'], 'floor': result['floor'],
-                                 'max_depth': max_depth, 'garg_crop': garg,
-                                 'per_frame': result['per_frame'], 'sheet': str(sheet)}
-        for label in ('model', 'floor'):
+                                 'max_depth': max_depth, 'garg_crop': garg, 'outdoor': outdoor,
+                                 'per_frame': result['per_frame'],
+                                 'floor_per_frame': result['floor_per_frame'],
+                                 'sheet': str(sheet)}
+        if len(aspects) > 1:
+            report['depth'][name]['squash'] = results['squash']['model']
+            report['depth'][name]['squash_per_frame'] = results['squash']['per_frame']
+        rows = [('model', result['model']), ('floor', result['floor'])]
+        if len(aspects) > 1:
+            rows.insert(1, ('squash', results['squash']['model']))
+        for label, metrics in rows:
             print(f'{name:<22} {label:<6} ' + ' '.join(
-                f"{result[label].get(k, float('nan')):9.3f}" for k in keys))
+                f"{metrics.get(k, float('nan')):9.3f}" for k in keys))
+        if outdoor is not None:
+            from structflow_ros.data.real_depth_eval import near_vehicle_checks
+            for index, frame in enumerate(frames):
+                report.setdefault('near_vehicles', []).extend(near_vehicle_checks(
+                    frame.get('vehicles', []), frame['frame'], result['predictions'][index],
+                    frame['depth']))
+                metrics = result['per_frame'][index]
+                sheet_rows.append(_sheet_row(
+                    frame, result['predictions'][index], metrics,
+                    f"{frame['name']} AbsRel {metrics['abs_rel']:.3f} (floor "
+                    f"{result['floor_per_frame'][index]['abs_rel']:.3f})", max_depth))
+    outdoor_sets = [n for n, v in sets.items() if v[3]]
+    indoor_sets = [n for n, v in sets.items() if v[3] is False]
+    for label, names in (('real_outdoor', outdoor_sets), ('real_indoor', indoor_sets)):
+        if names:
+            report.setdefault('pooled', {})[label] = pooled(report, names)
+            both = report['pooled'][label]
+            ratio = both['model']['abs_rel'] / both['floor']['abs_rel']
+            both['abs_rel_vs_floor'] = ratio
+            print(f'{label:<22} pooled over {both["model"]["frames"]} frames: AbsRel '
+                  f'{both["model"]["abs_rel"]:.3f}, floor {both["floor"]["abs_rel"]:.3f} '
+                  f'({ratio:.2f}x the floor)')
+    if sheet_rows:
+        report['real_sheet'] = str(_write_rows(sheet_rows, out / 'real_sheet.png'))
+    if report.get('near_vehicles'):
+        checks = report['near_vehicles']
+        nearer = sum(c['nearer'] for c in checks)
+        print(f'near vehicles (<= 15 m, labelled): {nearer} of {len(checks)} predicted nearer '
+              'than what is behind them: ' + ', '.join(
+                  f"{c['frame']} {c['label']} {c['depth_m']:.1f} m "
+                  f"{'ok' if c['nearer'] else 'NOT nearer'}" for c in checks))
     for name, pairs in flows.items():
         result = evaluate_flow(model, pairs, device=device)
         report['flow'][name] = result

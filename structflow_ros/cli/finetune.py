@@ -13,6 +13,13 @@ branch (encoder-only finetuning, as Wang et al. 2020 did).
 
 Depth losses: --supervised (scale-invariant loss on ground-truth depth, dense or sparse),
 --self-supervised (monodepth2 reprojection with known intrinsics and the pose network), or both.
+Real calibrated video (--video, each spec with calib=FILE from `structflow calibrate` or a KITTI
+calib.txt) trains the self-supervised loss on real frames; its batches alternate with the
+synthetic ones. --random-crops trains every network aspect the node serves at:
+
+  structflow finetune --init runs/real/pretrain/last.pt --supervised --self-supervised \
+      --data synthetic:day:200:21 --video "udacity.mp4#calib=udacity.yaml,crop=0:0.06:0:0" \
+      --random-crops --steps 2000 --out runs/real/finetune
 """
 import argparse
 
@@ -29,8 +36,14 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog=__doc__.split('\n', 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', nargs='+', required=True,
+    parser.add_argument('--data', nargs='*', default=[],
                         help='synthetic:DOMAIN[:FRAMES[:SEED]] sequences with ground truth')
+    parser.add_argument('--video', nargs='*', default=[],
+                        help='calibrated real video specs PATH#calib=FILE[,crop=...,stride=N] '
+                        'for the self-supervised loss (needs --self-supervised)')
+    parser.add_argument('--random-crops', action='store_true',
+                        help='random crops at every training aspect (training.datasets.'
+                        'TRAINING_SIZES) instead of the model size only')
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument('--init', help='checkpoint to start from (pretrain or finetune)')
     start.add_argument('--scratch', action='store_true', help='random initial weights')
@@ -72,6 +85,11 @@ def main(args):
     try:
         if not (args.supervised or args.self_supervised):
             raise ValueError('choose a depth loss: --supervised, --self-supervised or both')
+        if not (args.data or args.video):
+            raise ValueError('no training data: give --data synthetic specs and/or --video')
+        if args.video and not args.self_supervised:
+            raise ValueError('--video trains the self-supervised depth loss: add '
+                             '--self-supervised')
         if args.labels is not None and args.labels < 1:
             raise ValueError(f'--labels must be >= 1, got {args.labels}')
         joint_flow = not args.paper_variant and args.flow_weight > 0
@@ -81,14 +99,24 @@ def main(args):
         for spec in args.data + args.eval:
             if not spec.startswith(datasets.SYNTHETIC_PREFIX):
                 raise ValueError(f"finetune data '{spec}' must be synthetic:DOMAIN[:FRAMES[:SEED]]"
-                                 ' (ground-truth depth and intrinsics are needed)')
-        sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s), config.height,
-                                               config.width) for s in args.data]
+                                 ' (ground-truth depth and intrinsics are needed; real video goes '
+                                 'in --video with calib=FILE)')
+        sizes = datasets.TRAINING_SIZES if args.random_crops else ((config.height,
+                                                                     config.width),)
+        sequences = []
+        for spec in map(datasets.SyntheticSpec.parse, args.data):
+            # The spec's frame count shared out over the sizes, each size its own drive.
+            for k, size in enumerate(sizes):
+                part = datasets.SyntheticSpec(spec.domain, max(2, spec.frames // len(sizes)),
+                                              spec.seed + 1000 * k)
+                sequences.append(datasets.render_synthetic(part, *size))
+        video = (datasets.CalibratedVideoDataset(args.video, sizes, seed=args.seed)
+                 if args.video else None)
         eval_sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s),
                                                     config.height, config.width)
                           for s in args.eval]
-        dataset = datasets.DepthPairDataset(sequences, args.labels if args.supervised else 0,
-                                            seed=args.seed)
+        dataset = (datasets.DepthPairDataset(sequences, args.labels if args.supervised else 0,
+                                             seed=args.seed) if sequences else None)
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
         model = build_model(config)
         loaded = init_from_checkpoint(model, args.init) if args.init else []
@@ -133,10 +161,21 @@ def main(args):
                 net, batch, loss_a='depth_supervised', config=TrainStepConfig())
         return metrics
 
-    run = RunSpec(stage='finetune', trained_on=[str(d) for d in args.data],
+    def make_batches(rank, world):
+        streams = []
+        if dataset is not None:
+            streams.append(datasets.depth_batches(dataset, loop.batch_size, loop.seed, rank,
+                                                  world))
+        if video is not None:
+            streams.append(datasets.video_depth_batches(video, loop.batch_size, loop.seed, rank,
+                                                        world))
+        return datasets.alternate(*streams)
+
+    run = RunSpec(stage='finetune', trained_on=[str(d) for d in args.data + args.video],
                   trainable_modules=tuple(trainable),
                   extra={'init': args.init or 'scratch', 'loaded_modules': loaded,
-                         'labels_per_sequence': args.labels, 'joint_flow': joint_flow})
-    return cli_common.run_training(
-        'finetune', model, lambda rank, world: datasets.depth_batches(
-            dataset, loop.batch_size, loop.seed, rank, world), loop, step_config, run, evaluate)
+                         'labels_per_sequence': args.labels, 'joint_flow': joint_flow,
+                         'random_crops': bool(args.random_crops),
+                         'training_sizes': [list(s) for s in sizes]})
+    return cli_common.run_training('finetune', model, make_batches, loop, step_config, run,
+                                   evaluate)

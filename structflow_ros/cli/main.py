@@ -12,6 +12,8 @@ SUBCOMMANDS = {
     'bench': ('bench', 'benchmarks that print a table (model, node, renderer)'),
     'pretrain': ('pretrain', 'flow pretraining on uncalibrated video/folders/bags'),
     'finetune': ('finetune', 'depth finetuning of a (pretrained) structure encoder'),
+    'calibrate': ('calibrate', 'chessboard images or video -> camera_info YAML (intrinsics, '
+                  'distortion)'),
     'evaluate': ('evaluate', 'Eigen depth metrics and flow EPE on data with ground truth'),
     'export': ('export', 'make a serving checkpoint (fp16, no optimizer) from a training one'),
     'demo': ('demo', 'run the node on a synthetic drive or a video and write a report'),

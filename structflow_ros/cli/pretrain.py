@@ -36,6 +36,10 @@ def get_args_parser():
                              'and/or rubberwhale (Middlebury, from ../shared/data)')
     parser.add_argument('--init', default='', help='start from this checkpoint (flow modules)')
     parser.add_argument('--strides', default='1,2', help='frame gaps to sample pairs from')
+    parser.add_argument('--random-crops', action='store_true',
+                        help='train on random crops at several aspect ratios (network sizes '
+                        'of training.datasets.TRAINING_SIZES) instead of squashing every frame '
+                        'to --height x --width')
     parser.add_argument('--census', action='store_true', help='census instead of SSIM+L1')
     parser.add_argument('--fb-occlusion', action='store_true',
                         help='mask forward-backward occlusions (computes backward flow too)')
@@ -69,7 +73,9 @@ def main(args):
         config = cli_common.model_config_from_args(args, pose_branch=False)
         strides = tuple(int(s) for s in args.strides.split(','))
         dataset = datasets.pair_dataset(args.data, config.height, config.width, args.seed,
-                                        strides=strides)
+                                        strides=strides,
+                                        sizes=datasets.TRAINING_SIZES if args.random_crops
+                                        else ())
         eval_sets = flow_eval_sets(args.eval, config.height, config.width)
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
         model = build_model(config)

@@ -60,6 +60,9 @@ def get_args_parser():
     parser.add_argument('--realtime', choices=('auto', 'on', 'off'), default='auto',
                         help='pace at the recorded rate (auto: on with adaptation)')
     parser.add_argument('--backend', default='auto', help='serving backend, as the node')
+    parser.add_argument('--network-aspect', default='auto', choices=('auto', 'keep', 'squash'),
+                        help="the node's network_aspect: frames at their own aspect (keep), "
+                        'squashed to the model size, or what the weights were trained for')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--max-frames', type=int, default=0, help='0: the whole bag')
@@ -341,7 +344,7 @@ def main(args):
                 weights=weights, device=device, backend=args.backend, threads=args.threads,
                 adapt=adapt, adapt_parameters=adapt_parameters,
                 adapt_state_dir=Path(state) if adapt else None, realtime=realtime,
-                max_depth=args.max_depth, label=label)
+                max_depth=args.max_depth, label=label, network_aspect=args.network_aspect)
             try:
                 summary, interrupted = replay_one(
                     BagReplaySource(args.bag, source.image_topic, source.camera_info_topic,

@@ -1,4 +1,5 @@
 """Model configuration: one dataclass that a checkpoint stores and rebuilds the model from."""
+import math
 from dataclasses import asdict, dataclass, fields
 
 ENCODERS = ('resnet18', 'resnet50')
@@ -58,3 +59,29 @@ class ModelConfig:
         if unknown:
             raise ValueError(f'unknown ModelConfig keys {unknown}; known keys: {sorted(known)}')
         return cls(**values)
+
+
+def aspect_network_size(height, width, pixels, multiple=SIZE_MULTIPLE, min_size=MIN_SIZE):
+    """(h, w), multiples of `multiple`, with about `pixels` pixels and the aspect of a
+    `height` x `width` image: the network size that serves a camera without squashing it.
+
+    Candidates within 0.75-1.35x the pixel budget are ranked by aspect error first (log ratio),
+    then by distance to the budget. Measured picks for a 320x96 budget: 1242x375 (KITTI) ->
+    96x320, 1600x900 (16:9) -> 128x224, 640x480 (4:3) -> 160x224, 480x848 (portrait) -> 224x128.
+    """
+    if height <= 0 or width <= 0 or pixels <= 0:
+        raise ValueError(f'need a positive image size and pixel budget, got {height}x{width}, '
+                         f'{pixels}')
+    aspect = width / height
+    best, best_score = None, None
+    for h in range(min_size, 8 * min_size + 1, multiple):
+        for w in range(min_size, 16 * min_size + 1, multiple):
+            area = h * w
+            if not 0.75 * pixels <= area <= 1.35 * pixels:
+                continue
+            score = (round(abs(math.log(w / h / aspect)), 2), abs(math.log(area / pixels)))
+            if best_score is None or score < best_score:
+                best, best_score = (h, w), score
+    if best is None:  # a budget below the smallest network: the smallest that keeps the aspect
+        best = (min_size, max(min_size, round(min_size * aspect / multiple) * multiple))
+    return best

@@ -77,38 +77,73 @@ class DepthPredictor:
     """Runs the depth branch on single RGB frames; one instance per serving thread.
 
     `input_size` (H, W) is the size frames are resized to before the network (default: the
-    size the model was trained at); outputs are resized to `output_size` (default: the frame's
-    size). Depth is relative (the model's units) unless the caller scales it. `backend` picks
-    how the network runs (structflow_ros.core.backends); `self.backend` says what was chosen and
-    why. Preprocessing and postprocessing run on the device as tensor ops.
+    size the model was trained at). With `keep_aspect`, each frame is instead resized to the
+    network size of its own aspect with about as many pixels (core.config.aspect_network_size):
+    a 4:3 camera runs at 160x224 rather than squashed to 96x320. Outputs are resized to
+    `output_size` (default: the frame's size). Depth is relative (the model's units) unless the
+    caller scales it. `backend` picks how the network runs (structflow_ros.core.backends);
+    `self.backend` says what was chosen and why. Preprocessing and postprocessing run on the
+    device as tensor ops.
     """
 
-    def __init__(self, model, device='cpu', input_size=None, output_size=None, backend='eager'):
-        from structflow_ros.core.backends import choose_backend, serving_graph
+    # Network sizes whose runners stay built (a camera changing resolution back and forth).
+    MAX_RUNNERS = 4
+
+    def __init__(self, model, device='cpu', input_size=None, output_size=None, backend='eager',
+                 keep_aspect=False):
+        from structflow_ros.core.backends import serving_graph
 
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         self.model = model
         config = model.config
         self.input_size = tuple(input_size or (config.height, config.width))
+        self.keep_aspect = bool(keep_aspect)
+        self.last_input_size = self.input_size
         self.output_size = tuple(output_size) if output_size else None
         self.min_depth, self.max_depth = config.min_depth, config.max_depth
-        height, width = self.input_size
+        self._graph = serving_graph(model)
+        self._backend_choice = backend
+        self._runners = {}
         # The network sees the input padded to a multiple of 32; runtimes with static shapes
         # are built for exactly that size.
-        self.network_size = (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE,
-                             -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
-        self.runner, self.backend = choose_backend(serving_graph(model), backend, self.device,
-                                                   self.network_size)
+        self.network_size = self._padded(self.input_size)
+        self.runner, self.backend = self._runner_for(self.network_size)
+
+    @staticmethod
+    def _padded(size):
+        return tuple(-(-int(v) // SIZE_MULTIPLE) * SIZE_MULTIPLE for v in size)
+
+    def _runner_for(self, network_size):
+        from structflow_ros.core.backends import choose_backend
+        network_size = tuple(network_size)
+        if network_size not in self._runners:
+            if len(self._runners) >= self.MAX_RUNNERS:
+                self._runners.pop(next(iter(self._runners)))
+            self._runners[network_size] = choose_backend(self._graph, self._backend_choice,
+                                                         self.device, network_size)
+        return self._runners[network_size]
+
+    def input_size_for(self, frame_hw):
+        """The network input size (h, w) for a frame of `frame_hw` (H, W)."""
+        if not self.keep_aspect:
+            return self.input_size
+        from structflow_ros.core.config import aspect_network_size
+        return aspect_network_size(int(frame_hw[0]), int(frame_hw[1]),
+                                   self.input_size[0] * self.input_size[1])
 
     def preprocess(self, rgb):
         """(H, W, 3) uint8 RGB numpy -> (1, 3, h, w) float [0, 1] tensor at the network size."""
-        return network_frame(rgb, self.input_size, self.device)
+        size = self.input_size_for(rgb.shape[:2])
+        self.last_input_size = size  # what the latest frame ran at (diagnostics)
+        return network_frame(rgb, size, self.device)
 
     @torch.inference_mode()
     def predict_disparity(self, image):
         """Sigmoid disparity (1, 1, h, w) for a preprocessed (1, 3, h, w) image."""
         padded, size = pad_to_multiple(image)
-        return crop_to(self.runner(padded), size)
+        runner = self.runner if tuple(padded.shape[-2:]) == self.network_size else \
+            self._runner_for(padded.shape[-2:])[0]
+        return crop_to(runner(padded), size)
 
     @torch.inference_mode()
     def predict(self, rgb):

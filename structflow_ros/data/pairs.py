@@ -26,7 +26,7 @@ Usage::
 import collections
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -68,6 +68,13 @@ class PairSamplingConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.1
+    # Random crops at several network sizes ((h, w) pairs, multiples of 32): each pair draws a
+    # size, cuts a window of that aspect (a `crop_scale` fraction of the largest that fits, at a
+    # random place) from both full frames and resizes it, so the network learns every camera
+    # shape it will be served at. Empty: the whole frame resized to height x width (serving's
+    # and the live pair buffer's preprocessing).
+    sizes: Tuple[Tuple[int, int], ...] = ()
+    crop_scale: Tuple[float, float] = (0.6, 1.0)
     max_open_sources: int = 4  # sources read at once (interleaved); bounds open files/memory
     # Pairs held back for shuffling; each holds two uint8 frames (0.7 MB at 640x192).
     shuffle_buffer: int = 64
@@ -85,6 +92,13 @@ class PairSamplingConfig:
         if self.max_open_sources < 1:
             raise ValueError(f'max_open_sources must be >= 1, got {self.max_open_sources}')
         self.strides = tuple(int(s) for s in self.strides)
+        self.sizes = tuple((int(h), int(w)) for h, w in self.sizes)
+        if any(h < 1 or w < 1 for h, w in self.sizes):
+            raise ValueError(f'sizes must be (height, width) pairs >= 1, got {self.sizes}')
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f'crop_scale must satisfy 0 < low <= high <= 1, got '
+                             f'{self.crop_scale}')
 
 
 def prepare_frame(image: np.ndarray, height: int, width: int, static_width: int = 64
@@ -101,6 +115,32 @@ def prepare_frame(image: np.ndarray, height: int, width: int, static_width: int 
     grey = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
     small = cv2.resize(grey, (static_width, small_height), interpolation=cv2.INTER_AREA)
     return resized, small
+
+
+def small_grey(image: np.ndarray, static_width: int = 64) -> np.ndarray:
+    """The near-static test's small grey frame of a full-size RGB frame."""
+    small_height = max(1, round(static_width * image.shape[0] / image.shape[1]))
+    grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (static_width, small_height), interpolation=cv2.INTER_AREA)
+
+
+def random_crop_pair(image0: np.ndarray, image1: np.ndarray, size: Tuple[int, int],
+                     crop_scale: Tuple[float, float], rng: np.random.Generator
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """The same random window of both frames, with the aspect of `size` (h, w), resized to it
+    with the served preprocessing."""
+    height, width = image0.shape[:2]
+    aspect = size[1] / size[0]
+    if width / height > aspect:  # the largest window of that aspect: full height
+        box_h, box_w = height, height * aspect
+    else:
+        box_h, box_w = width / aspect, width
+    scale = rng.uniform(*crop_scale)
+    box_h, box_w = max(2, int(box_h * scale)), max(2, int(box_w * scale))
+    y0 = int(rng.integers(0, height - box_h + 1))
+    x0 = int(rng.integers(0, width - box_w + 1))
+    return tuple(network_frame_uint8(np.ascontiguousarray(img[y0:y0 + box_h, x0:x0 + box_w]),
+                                     size) for img in (image0, image1))
 
 
 def static_difference(grey0: np.ndarray, grey1: np.ndarray) -> float:
@@ -173,7 +213,11 @@ class FramePairDataset(IterableDataset):
         window = collections.deque(maxlen=max(config.strides) + 1)  # (resized, small, index)
         try:
             for frame_position, frame in enumerate(source):
-                resized, small = self._prepare(frame.image)
+                if config.sizes:  # random crops need the full frame
+                    resized = np.asarray(frame.image)
+                    small = small_grey(resized, config.static_width)
+                else:
+                    resized, small = self._prepare(frame.image)
                 window.append((resized, small, int(frame.index)))
                 self.stats['frames'] += 1
                 if shard is not None and frame_position % shard[1] != shard[0]:
@@ -183,11 +227,18 @@ class FramePairDataset(IterableDataset):
                     continue
                 stride = int(usable[rng.integers(len(usable))])
                 first, last = window[-1 - stride], window[-1]
+                if first[1].shape != last[1].shape:  # a resolution change: no pair across it
+                    continue
                 if (config.skip_static
                         and static_difference(first[1], last[1]) < config.static_threshold):
                     self.stats['static_skipped'] += 1
                     continue
-                yield {'frame0': first[0], 'frame1': last[0], 'source': name,
+                frame0, frame1 = first[0], last[0]
+                if config.sizes:
+                    size = config.sizes[int(rng.integers(len(config.sizes)))]
+                    frame0, frame1 = random_crop_pair(frame0, frame1, size, config.crop_scale,
+                                                      rng)
+                yield {'frame0': frame0, 'frame1': frame1, 'source': name,
                        'index': first[2], 'stride': stride}
         finally:
             close = getattr(source, 'close', None)
@@ -254,6 +305,18 @@ class FramePairDataset(IterableDataset):
         buffer[chosen], buffer[-1] = buffer[-1], buffer[chosen]
         self.stats['pairs'] += 1
         return self._finalize(buffer.pop(), rng)
+
+
+def bucket_batches(items: Iterable[Dict], batch_size: int) -> Iterator[List[Dict]]:
+    """Group pairs of equal frame size into lists of `batch_size` (pairs drawn at several
+    sizes cannot share a tensor); each size's leftovers at the end are dropped."""
+    pending: Dict[Tuple[int, ...], List[Dict]] = {}
+    for item in items:
+        bucket = pending.setdefault(tuple(item['frame0'].shape), [])
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            yield bucket
+            pending[tuple(item['frame0'].shape)] = []
 
 
 def collate(batch: Sequence[Dict]) -> Dict:

@@ -61,6 +61,20 @@ def read_serving_checkpoint(path):
     return state_dict, payload
 
 
+ASPECTS = ('auto', 'keep', 'squash')
+
+
+def keeps_aspect(aspect, meta):
+    """Whether frames are served at their own aspect: 'keep', 'squash', or 'auto' = what the
+    checkpoint was trained for (its export note serving=keep_aspect; older models were trained
+    on frames squashed to the model size and are served that way)."""
+    if aspect not in ASPECTS:
+        raise ValueError(f"network aspect {aspect!r} is not one of {', '.join(ASPECTS)}")
+    if aspect != 'auto':
+        return aspect == 'keep'
+    return (meta.get('extra') or {}).get('serving') == 'keep_aspect'
+
+
 @dataclass
 class ServedModel:
     """What the inference thread serves: a predictor, the store version it came from, meta."""
@@ -70,7 +84,8 @@ class ServedModel:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_state(cls, state_dict, meta, version, device, input_size=(0, 0), backend='eager'):
+    def from_state(cls, state_dict, meta, version, device, input_size=(0, 0), backend='eager',
+                   aspect='auto'):
         config = meta['model_config']
         if not isinstance(config, ModelConfig):
             config = ModelConfig.from_dict(dict(config))
@@ -79,7 +94,8 @@ class ServedModel:
                                            f"({meta.get('path', 'no file')})")
         height, width = input_size
         size = (height or config.height, width or config.width)
-        predictor = DepthPredictor(model, device, input_size=size, backend=backend)
+        predictor = DepthPredictor(model, device, input_size=size, backend=backend,
+                                   keep_aspect=keeps_aspect(aspect, meta))
         return cls(predictor, version, dict(meta))
 
     def describe(self):
@@ -87,7 +103,8 @@ class ServedModel:
         return {'model_version': self.version, 'weights': meta.get('path', ''),
                 'checkpoint_version': meta.get('version', ''), 'checkpoint_step':
                 meta.get('step', ''), 'checkpoint_stage': meta.get('stage', ''),
-                'network_input_hw': 'x'.join(str(v) for v in self.predictor.input_size),
+                'network_input_hw': 'x'.join(str(v) for v in self.predictor.last_input_size),
+                'network_aspect': 'keep' if self.predictor.keep_aspect else 'squash',
                 'backend': self.predictor.backend.name,
                 'backend_reason': self.predictor.backend.reason}
 
@@ -106,7 +123,10 @@ class DepthServer:
     CONVERTER_THREAD_NAME = 'structflow-converter'
 
     def __init__(self, store, device, input_size=(0, 0), backend='auto', threads=0, log=None,
-                 probe_budget_s=PROBE_BUDGET_S):
+                 probe_budget_s=PROBE_BUDGET_S, aspect='auto'):
+        if aspect not in ASPECTS:
+            raise ValueError(f"network aspect {aspect!r} is not one of {', '.join(ASPECTS)}")
+        self.aspect = aspect
         self.store = store
         self.probe_budget_s = probe_budget_s
         self.threads = threads
@@ -136,7 +156,7 @@ class DepthServer:
         if version == 0:
             raise ValueError('the weight store is empty: publish weights before start()')
         served = ServedModel.from_state(state_dict, meta, version, self.device,
-                                        self.input_size, self.backend)
+                                        self.input_size, self.backend, self.aspect)
         check_servable(served, self.probe_budget_s)  # raises NotServableError (a ValueError)
         # Later versions are built with what was chosen: `auto` times its candidates once.
         self.backend = served.predictor.backend.name
@@ -160,7 +180,7 @@ class DepthServer:
             seen = version
             try:
                 standby = ServedModel.from_state(state_dict, meta, version, self.device,
-                                                 self.input_size, self.backend)
+                                                 self.input_size, self.backend, self.aspect)
                 check_servable(standby, self.probe_budget_s)
             except Exception as error:  # noqa: BLE001 - a bad version must not stop serving
                 reason = f'{type(error).__name__}: {error}'

@@ -32,6 +32,7 @@ class ReplaySettings:
     backend: str = 'auto'
     threads: int = 0
     input_size: tuple = (0, 0)  # the network size; (0, 0) = the checkpoint's
+    network_aspect: str = 'auto'  # the node's parameter: auto, keep or squash
     adapt: bool = False
     adapt_parameters: dict = field(default_factory=dict)  # the node's adapt_* values
     adapt_state_dir: Optional[Path] = None
@@ -78,7 +79,8 @@ class ReplayRun:
                 settings.adapt_state_dir, resume=False, log=self._log)
         del state_dict
         self.server = DepthServer(self.store, settings.device, settings.input_size,
-                                  settings.backend, settings.threads, self._log)
+                                  settings.backend, settings.threads, self._log,
+                                  aspect=settings.network_aspect)
         self.server.start()
         self.pipeline = FramePipeline(self.server, self.buffer)
         self.swaps: List[tuple] = []  # (frame index, version)

@@ -123,7 +123,8 @@ class DepthNode(Node):
             version = self.weight_store.version  # a resumed adapted state serves from the start
         del state_dict
         self.server = DepthServer(self.weight_store, self.device, self._input_size(),
-                                  self._param('backend'), self._threads, self._log)
+                                  self._param('backend'), self._threads, self._log,
+                                  aspect=self._param('network_aspect'))
         try:
             self.server.start()
         except NotServableError as error:

@@ -64,6 +64,12 @@ PARAMETERS = (
     ParamSpec('input_width', 0, 'Network input width in pixels; 0 = the size the model was '
               f'trained at; otherwise >= {SIZE_MULTIPLE}.', read_only=True,
               int_range=(0, 8192)),
+    ParamSpec('network_aspect', 'auto', 'How camera frames meet the network: keep (resized to '
+              'the network size of their own aspect with about as many pixels as the model '
+              'size, multiples of 32: a 4:3 camera runs at 224x160), squash (resized to the '
+              'model size whatever their shape), or auto (what the weights were trained for: '
+              'keep for models trained on random crops).', read_only=True,
+              choices=('auto', 'keep', 'squash')),
     ParamSpec('output_height', 0, 'Height of the published depth; 0 = the input image height.',
               int_range=(0, 8192)),
     ParamSpec('output_width', 0, 'Width of the published depth; 0 = the input image width.',

@@ -1,8 +1,10 @@
 """Training and evaluation data for the offline commands.
 
 Data specs on the command line:
-  PATH                        a video file, an image folder, a ROS 2 bag, or a folder written by
-                              `structflow render` (its rgb/ frames are used)
+  PATH[#OPTIONS]              a video file, an image folder, a ROS 2 bag, or a folder written by
+                              `structflow render` (its rgb/ frames are used); OPTIONS crop,
+                              stride, drop repeated frames or undistort (data/video_spec.py),
+                              e.g. dash.mp4#crop=0:0.2:0:0,stride=3
   synthetic:DOMAIN[:N[:SEED]] N frames (default 200) of the synthetic world, rendered in memory
                               at the model size (ground-truth depth/flow available)
 """
@@ -11,12 +13,14 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from structflow_ros.core.inference import network_frame
-from structflow_ros.data.pairs import FramePairDataset, PairSamplingConfig, collate
+from structflow_ros.data.pairs import (FramePairDataset, PairSamplingConfig, bucket_batches,
+                                       collate)
 from structflow_ros.data.sources import ArraySource, Frame, SourceError, open_source
 
 SYNTHETIC_PREFIX = 'synthetic:'
@@ -66,27 +70,41 @@ def describe(spec):
     return str(spec)
 
 
+# Synthetic frames for random-crop training are rendered this large, so that a crop of any
+# training aspect is resized down (sharp), never up from the 320x96 model size.
+CROP_RENDER_SIZE = (256, 512)
+# Network sizes (h, w) that random-crop training draws from: the aspect_network_size picks for
+# the camera shapes robots carry (KITTI-wide 3.3:1, 2:1, 16:9, 4:3, 6:5, portrait 9:16) at the
+# 320x96 pixel budget.
+TRAINING_SIZES = ((96, 320), (128, 256), (128, 224), (160, 224), (160, 192), (224, 128))
+
+
 def video_source(spec, height, width):
     """A pair-sampling source for one data spec (validated now, read lazily later)."""
+    from structflow_ros.data.video_spec import VideoSpec, open_spec
     if isinstance(spec, str) and spec.startswith(SYNTHETIC_PREFIX):
         parsed = SyntheticSpec.parse(spec)
         frames = render_synthetic(parsed, height, width)
         return ArraySource([Frame(f.rgb, f.stamp_ns, f.index) for f in frames],
                            name=str(parsed))
-    path = resolve_path(spec)
-    source = open_source(path)  # raises SourceError naming the path and accepted kinds
+    parsed = VideoSpec.parse(spec)
+    parsed = VideoSpec(str(resolve_path(parsed.path)), parsed.crop, parsed.stride,
+                       parsed.max_frames, parsed.dedupe, parsed.calib, parsed.text)
+    source = open_spec(parsed)  # raises SourceError naming the path and accepted kinds
     if source.num_frames == 0:
         raise SourceError(f'{spec}: no frames')
     return source
 
 
-def pair_dataset(specs, height, width, seed=0, augment=True, strides=(1, 2)):
+def pair_dataset(specs, height, width, seed=0, augment=True, strides=(1, 2), sizes=()):
+    """Flow training pairs; `sizes` switches on random crops at those network sizes."""
     if not specs:
         raise ValueError('no training data given: pass --data with videos, image folders, '
                          'bags or synthetic:DOMAIN specs')
-    sources = [video_source(spec, height, width) for spec in specs]
+    render_hw = CROP_RENDER_SIZE if sizes else (height, width)
+    sources = [video_source(spec, *render_hw) for spec in specs]
     config = PairSamplingConfig(height=height, width=width, seed=seed, augment=augment,
-                                strides=tuple(strides))
+                                strides=tuple(strides), sizes=tuple(sizes))
     return FramePairDataset(sources, config)
 
 
@@ -94,6 +112,12 @@ def infinite_batches(dataset, batch_size, seed=0, rank=0, world_size=1):
     """Endless batches; each rank draws its own stream (seed + rank), epochs reshuffle."""
     if hasattr(dataset, 'config') and hasattr(dataset.config, 'seed'):
         dataset.config.seed = seed + 1000 * rank
+    if getattr(getattr(dataset, 'config', None), 'sizes', ()):
+        # Pairs come at several sizes: one tensor per size, so batch within each size; a size's
+        # leftovers wait for the next epoch.
+        yield from map(_tensors_only, map(collate, bucket_batches(
+            epochs(dataset, 'the training data gave no pair'), batch_size)))
+        return
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate,
                         drop_last=True)
     for epoch in itertools.count():
@@ -102,10 +126,28 @@ def infinite_batches(dataset, batch_size, seed=0, rank=0, world_size=1):
         produced = 0
         for batch in loader:
             produced += 1
-            yield {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            yield _tensors_only(batch)
         if produced == 0:
             raise ValueError(f'the training data gave no batch of {batch_size} pairs; give more '
                              'frames or a smaller --batch-size')
+
+
+def _tensors_only(batch):
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def epochs(dataset, empty_message):
+    """The items of every epoch, one after the other (set_epoch between passes); raises
+    ValueError(empty_message) when a whole pass gives nothing, instead of looping forever."""
+    for epoch in itertools.count():
+        if hasattr(dataset, 'set_epoch'):
+            dataset.set_epoch(epoch)
+        produced = 0
+        for item in dataset:
+            produced += 1
+            yield item
+        if produced == 0:
+            raise ValueError(f'{empty_message}; give more frames')
 
 
 class DepthPairDataset(IterableDataset):
@@ -162,12 +204,11 @@ def depth_collate(samples):
 
 
 def depth_batches(dataset, batch_size, seed=0, rank=0, world_size=1):
+    """Endless batches of DepthPairDataset samples; sequences rendered at several sizes are
+    batched within each size."""
     dataset.seed = seed + 1000 * rank
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=depth_collate,
-                        drop_last=True)
-    for epoch in itertools.count():
-        dataset.set_epoch(epoch)
-        yield from loader
+    yield from map(depth_collate, bucket_batches(
+        epochs(dataset, 'the synthetic depth data gave no pair'), batch_size))
 
 
 def load_rendered_folder(path):
@@ -177,3 +218,104 @@ def load_rendered_folder(path):
         return list(render_folder_frames(path))
     except RenderFolderError as error:
         raise SourceError(str(error)) from None
+
+
+class CalibratedVideoDataset(IterableDataset):
+    """Triplets of calibrated real video for monodepth2's self-supervised depth loss.
+
+    specs: data specs with calib=FILE (undistorted, cropped by data/video_spec.py), each with K.
+    Yields frame_prev, frame0 (the target), frame1 as (3, H, W) float tensors in [0, 1] and K
+    for the network-size image: a random window of the aspect of one of `sizes` (the same for
+    the three frames; K shifted by the window and scaled with the pixel-centre rule), flipped
+    half the time (cx mirrored). Triplets where the camera barely moved (the pair sampler's
+    static test on both gaps) are skipped: they teach the loss nothing. Frames are held in
+    memory at most `max_width` pixels wide (K follows).
+    """
+
+    def __init__(self, specs, sizes, seed=0, crop_scale=(0.7, 1.0), flip=True,
+                 max_width=640, static_threshold=1.0):
+        from structflow_ros.data.camera import resize_intrinsics
+        from structflow_ros.data.pairs import small_grey
+        from structflow_ros.data.video_spec import VideoSpec, open_spec
+        if not specs:
+            raise ValueError('CalibratedVideoDataset needs at least one calibrated video spec')
+        self.sizes = tuple(tuple(s) for s in sizes)
+        self.seed, self.crop_scale, self.flip = seed, crop_scale, flip
+        self.static_threshold = static_threshold
+        self.clips = []
+        for text in specs:
+            spec = VideoSpec.parse(text)
+            if not spec.calib:
+                raise ValueError(f"'{text}' has no calib=FILE: self-supervised depth needs the "
+                                 'camera intrinsics (write them with `structflow calibrate`)')
+            source = open_spec(spec)
+            frames, smalls, K = [], [], None
+            for frame in source:
+                image = frame.image
+                if K is None:
+                    K = np.asarray(source.K, np.float64)
+                if image.shape[1] > max_width:
+                    size = (round(image.shape[0] * max_width / image.shape[1]), max_width)
+                    K_small = resize_intrinsics(source.K, image.shape[:2], size)
+                    image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+                    K = K_small
+                frames.append(image)
+                smalls.append(small_grey(image))
+            source.close()
+            if len(frames) < 3:
+                raise ValueError(f'{text}: {len(frames)} frames after preparation; need 3')
+            self.clips.append((str(spec), frames, smalls, K))
+        self.epoch = 0
+        self.stats = {'triplets': 0, 'static_skipped': 0}
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        from structflow_ros.data.pairs import static_difference
+        rng = np.random.default_rng([self.seed, self.epoch])
+        items = [(c, i) for c, clip in enumerate(self.clips) for i in range(1, len(clip[1]) - 1)]
+        for c, i in (items[j] for j in rng.permutation(len(items))):
+            _, frames, smalls, K = self.clips[c]
+            if max(static_difference(smalls[i - 1], smalls[i]),
+                   static_difference(smalls[i], smalls[i + 1])) < self.static_threshold:
+                self.stats['static_skipped'] += 1
+                continue
+            self.stats['triplets'] += 1
+            yield self._sample(frames[i - 1:i + 2], K, rng)
+
+    def _sample(self, images, K, rng):
+        from structflow_ros.data.camera import resize_intrinsics
+        size = self.sizes[int(rng.integers(len(self.sizes)))]
+        height, width = images[0].shape[:2]
+        aspect = size[1] / size[0]
+        box_h, box_w = (height, height * aspect) if width / height > aspect \
+            else (width / aspect, width)
+        scale = rng.uniform(*self.crop_scale)
+        box_h, box_w = max(2, int(box_h * scale)), max(2, int(box_w * scale))
+        y0 = int(rng.integers(0, height - box_h + 1))
+        x0 = int(rng.integers(0, width - box_w + 1))
+        K = np.array(K, np.float64)
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        K = resize_intrinsics(K, (box_h, box_w), size)
+        tensors = [network_frame(np.ascontiguousarray(img[y0:y0 + box_h, x0:x0 + box_w]),
+                                 size)[0] for img in images]  # (3, h, w) each
+        if self.flip and rng.random() < 0.5:
+            tensors = [t.flip(-1) for t in tensors]
+            K[0, 2] = size[1] - 1 - K[0, 2]
+        return {'frame_prev': tensors[0], 'frame0': tensors[1], 'frame1': tensors[2],
+                'K': torch.as_tensor(K, dtype=torch.float32)}
+
+
+def video_depth_batches(dataset, batch_size, seed=0, rank=0, world_size=1):
+    """Endless batches of CalibratedVideoDataset triplets, one size per batch."""
+    dataset.seed = seed + 1000 * rank
+    yield from map(depth_collate, bucket_batches(
+        epochs(dataset, 'the calibrated video gave no moving triplet'), batch_size))
+
+
+def alternate(*streams):
+    """Round-robin over endless batch streams (one optimiser step each)."""
+    for batches in zip(*streams):
+        yield from batches

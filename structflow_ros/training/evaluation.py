@@ -15,11 +15,12 @@ from structflow_ros.core.metrics import (aggregate_depth_metrics, constant_depth
 
 
 def evaluate_depth(model, frames, max_depth=80.0, garg_crop=False, device='cpu',
-                   keep_predictions=False):
+                   keep_predictions=False, keep_aspect=False):
     """frames: iterable of dicts with 'rgb' (H, W, 3) uint8, 'depth' (H, W) metres, optional
-    'valid' and 'name'. Returns {'model': aggregate, 'floor': aggregate, 'per_frame': [...]}.
+    'valid' and 'name'. keep_aspect: serve each frame at its own aspect (DepthPredictor).
+    Returns {'model': aggregate, 'floor': aggregate, 'per_frame': [...]}.
     """
-    predictor = DepthPredictor(model, device)
+    predictor = DepthPredictor(model, device, keep_aspect=keep_aspect)
     per_frame, floors, predictions = [], [], []
     for frame in frames:
         pred = predictor.predict(frame['rgb'])  # resized back to the gt size
@@ -32,7 +33,8 @@ def evaluate_depth(model, frames, max_depth=80.0, garg_crop=False, device='cpu',
         if keep_predictions:
             predictions.append(pred)
     result = {'model': aggregate_depth_metrics(per_frame),
-              'floor': aggregate_depth_metrics(floors), 'per_frame': per_frame}
+              'floor': aggregate_depth_metrics(floors), 'per_frame': per_frame,
+              'floor_per_frame': floors}
     if keep_predictions:
         result['predictions'] = predictions
     return result

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Recipe of the real-camera default model (issue 10), on the CPU of a 2-core machine. Every
+# stage resumes from its last checkpoint: re-run the script after an interruption (or in the
+# next session) and it continues where it stopped.
+#
+#   bash scripts/train_real.sh                     # all stages
+#   STAGES="pretrain" bash scripts/train_real.sh   # one stage
+#
+# 1. pretrain: flow on real uncalibrated dashcam clips (crops for dashboards, A-pillars and
+#    time stamps; repeated frames dropped; 25-60 fps thinned to ~10 Hz) + the KITTI clips + the
+#    synthetic world (fog held out), random crops at every training aspect, bf16, starting from
+#    the shipped model's flow path.
+# 2. finetune: self-supervised depth on the Udacity clip (undistorted with the camera_info
+#    written by `structflow calibrate`) and the KITTI clips (their calibration), jointly with
+#    supervised synthetic depth and the flow loss (the Y shape adaptation needs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RUN=${RUN:-runs/real}
+SHARED=${STRUCTFLOW_SHARED_DATA:-../shared/data}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-4000}
+FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
+THREADS=${THREADS:-2}
+STAGES=${STAGES:-pretrain finetune export}
+U=$SHARED/udacity_calibrated_video
+
+# Per-clip preparation (crops, stride) lives in scripts/real_video_specs.txt.
+REAL_VIDEO=$(grep -v '^#' scripts/real_video_specs.txt | sed "s|^|$SHARED/|")
+KITTI="$SHARED/kitti_odometry_clips/KITTI_sequence_1/image_l $SHARED/kitti_odometry_clips/KITTI_sequence_2/image_l"
+SYNTHETIC="synthetic:day:300:11 synthetic:dusk:300:12 synthetic:overcast:300:13 synthetic:day:300:14"
+HELD_OUT="synthetic:fog:24:100"
+
+for stage in $STAGES; do
+  case $stage in
+    pretrain)
+      $PY -m structflow_ros.cli pretrain --data $REAL_VIDEO $KITTI $SYNTHETIC --random-crops \
+        --init models/structflow_default.pt --strides 1,2 --eval $HELD_OUT \
+        --steps "$PRETRAIN_STEPS" --lr 2e-4 --eval-every 500 --checkpoint-every 100 \
+        --threads "$THREADS" --out "$RUN/pretrain" --resume ;;
+    finetune)
+      # The Udacity camera's intrinsics and distortion, from its chessboards.
+      [ -f "$RUN/udacity_camera.yaml" ] || $PY -m structflow_ros.cli calibrate \
+        "$U/camera_cal" --pattern 9x6 --camera-name udacity --out "$RUN/udacity_camera.yaml"
+      CAL="calib=$RUN/udacity_camera.yaml,crop=0:0.06:0:0"
+      VIDEO="$U/fork_subclips/chenwade__short_project_video.mp4#$CAL
+$U/fork_subclips/hortovanyi__project_video_shadow.mp4#$CAL
+$U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
+      for clip in 1 2; do
+        KC=$SHARED/kitti_odometry_clips/KITTI_sequence_$clip
+        VIDEO="$VIDEO $KC/image_l#calib=$KC/calib.txt"
+      done
+      $PY -m structflow_ros.cli finetune --init "$RUN/pretrain/last.pt" \
+        --data synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23 \
+        --video $VIDEO --supervised --self-supervised --random-crops --eval $HELD_OUT \
+        --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
+        --threads "$THREADS" --out "$RUN/finetune" --resume ;;
+    export)
+      $PY -m structflow_ros.cli export --weights "$RUN/finetune/last.pt" --out "$RUN/structflow_real.pt" \
+        --note "recipe=scripts/train_real.sh" --note "held_out_domain=fog" --note "serving=keep_aspect"
+      $PY -m structflow_ros.cli evaluate --weights "$RUN/structflow_real.pt" --real --aspect both \
+        --out "$RUN/evaluate" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
