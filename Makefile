@@ -10,7 +10,8 @@ ROS_TOOLS_STAMP := $(VENV)/.structflow-ros-tools
 # Keep DDS on this machine for every target that may touch it.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: venv ros-tools test test-fast colcon-test demo bench render train-default clean
+.PHONY: venv ros-tools test test-fast colcon-test demo bench render train-default train-first \
+	replicate replicate-real clean
 
 venv: $(STAMP) ros-tools
 
@@ -48,12 +49,22 @@ clean:
 	rm -rf build install log .pytest_cache
 
 # Recipe of the shipped default weights (CPU, resumable; see models/MODEL_CARD.md).
+# The shipped model's recipe (issue 10: real video, calibrated finetuning, every aspect); writes
+# runs/real/structflow_real.pt and its evaluation. Copy it to models/ only when it is better.
 train-default: $(STAMP)
-	bash scripts/train_default.sh
+	bash scripts/train_real.sh
+
+# The first default model (synthetic + KITTI, squashed 320x96), which train-default starts from.
+train-first: $(STAMP)
+	OUT_MODEL=runs/default/structflow_first.pt bash scripts/train_default.sh
 
 # Scratch vs flow-pretrained encoders, several seeds (docs/replication.md).
 replicate: $(STAMP)
 	$(PY) scripts/replicate_paper.py
+
+# The same with real-video pretraining and real evaluation sets (docs/replication_real.md).
+replicate-real: $(STAMP)
+	$(PY) scripts/replicate_real.py
 
 # Serving backends, training precision and the node over DDS, one report (docs/benchmarks.md).
 bench: $(STAMP)

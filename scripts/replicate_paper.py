@@ -146,7 +146,9 @@ def write_docs(results, args, docs, start_names):
         'model that predicts one depth everywhere gets on the same frames. A run is counted as '
         '*collapsed* when its prediction became one depth everywhere (every metric equals the '
         "floor's): the depth decoder's sigmoid saturated, so no gradient could bring it back.",
-        '']
+        '', 'The same question with pretraining on real dashcam video and finetuning on real '
+        'calibrated video, evaluated on every real depth set: `docs/replication_real.md` '
+        '(`scripts/replicate_real.py`).', '']
     for set_name in sets:
         lines += [f'## {set_name}', '',
                   '| start | labels | AbsRel | RMSE | δ<1.25 | collapsed runs | AbsRel without '

@@ -39,4 +39,4 @@ $PY -m structflow_ros.cli export --weights "$RUN/finetune/last.pt" --out "$OUT_M
   --note "held_out_domain=fog"
 $PY -m structflow_ros.cli evaluate --weights "$OUT_MODEL" --synthetic fog:24:100 \
   $( [ -d "$SHARED" ] && echo --real ) --out "$RUN/evaluate"
-$PY scripts/write_model_card.py --run "$RUN" --model "$OUT_MODEL"
+$PY scripts/write_model_card.py --run "$RUN" --model "$OUT_MODEL" --out "$RUN/MODEL_CARD.md"

@@ -23,6 +23,9 @@ FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
 THREADS=${THREADS:-2}
 STAGES=${STAGES:-pretrain finetune export}
 U=$SHARED/udacity_calibrated_video
+# Pretraining starts from the first default model's flow path (synthetic + KITTI, made by
+# scripts/train_default.sh / `make train-first`); by default the file as committed in 6e7db80.
+FIRST_MODEL=${FIRST_MODEL:-$RUN/first_default.pt}
 
 # Per-clip preparation (crops, stride) lives in scripts/real_video_specs.txt.
 REAL_VIDEO=$(grep -v '^#' scripts/real_video_specs.txt | sed "s|^|$SHARED/|")
@@ -33,8 +36,10 @@ HELD_OUT="synthetic:fog:24:100"
 for stage in $STAGES; do
   case $stage in
     pretrain)
+      mkdir -p "$RUN"
+      [ -f "$FIRST_MODEL" ] || git show 6e7db80:models/structflow_default.pt > "$FIRST_MODEL"
       $PY -m structflow_ros.cli pretrain --data $REAL_VIDEO $KITTI $SYNTHETIC --random-crops \
-        --init models/structflow_default.pt --strides 1,2 --eval $HELD_OUT \
+        --init "$FIRST_MODEL" --strides 1,2 --eval $HELD_OUT \
         --steps "$PRETRAIN_STEPS" --lr 2e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --out "$RUN/pretrain" --resume ;;
     finetune)

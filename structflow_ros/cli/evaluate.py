@@ -8,8 +8,9 @@ Sets: synthetic domains (rendered at the model size), every real depth set of ..
 (--real: KITTI, KITTI object, KITTI 2015, nuScenes' 6 cameras, Argoverse, NYU, TUM; each its own
 row with its cap, 80 m outdoors and 10 m indoors, plus the pooled outdoor row the default model
 is judged on), folders written by `structflow render` (--folder). Frames are served at the
-network size of their own aspect (--aspect keep, as the node does) or squashed to the model size
-(--aspect squash); --aspect both measures the two side by side. Flow: EPE and Fl-all on
+network size of their own aspect (--aspect keep) or squashed to the model size (--aspect squash);
+the default, auto, does what the node does with these weights; --aspect both measures the two
+side by side. Flow: EPE and Fl-all on
 synthetic pairs and Middlebury RubberWhale, beside zero flow, Farneback and DIS.
 Writes OUT/metrics.json, OUT/<set>_best_worst.png and, with --real, OUT/real_sheet.png
 (every real frame: image | ground truth | depth | error).
@@ -37,9 +38,10 @@ def get_args_parser():
                         help='every real depth set and RubberWhale of ../shared/data')
     parser.add_argument('--real-sets', nargs='*', default=None,
                         help='only these real sets (default: all; see data/real_depth_eval.py)')
-    parser.add_argument('--aspect', default='keep', choices=('keep', 'squash', 'both'),
-                        help='serve each frame at its own aspect (keep, the node default) or '
-                        'squashed to the model size; both: measure the two')
+    parser.add_argument('--aspect', default='auto', choices=('auto', 'keep', 'squash', 'both'),
+                        help='serve each frame at its own aspect (keep) or squashed to the model '
+                        "size; auto: what the weights were trained for (the node's default); "
+                        'both: measure the two')
     parser.add_argument('--shared-data', default='', help='shared data folder (default: '
                         '$STRUCTFLOW_SHARED_DATA or ../shared/data)')
     parser.add_argument('--folder', nargs='*', default=[], help='`structflow render` folders')
@@ -171,7 +173,11 @@ def main(args):
     report = {'weights': weights, 'step': meta['step'], 'trained_on': meta['trained_on'],
               'model_config': meta['model_config'].to_dict(), 'depth': {}, 'flow': {}}
     keys = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'scale_ratio_spread')
-    aspects = ('keep', 'squash') if args.aspect == 'both' else (args.aspect,)
+    if args.aspect == 'auto':
+        from structflow_ros.online.server import keeps_aspect
+        aspects = ('keep',) if keeps_aspect('auto', meta) else ('squash',)
+    else:
+        aspects = ('keep', 'squash') if args.aspect == 'both' else (args.aspect,)
     report['aspect'] = aspects[0]
     print(f"{'set':<22} {'':<6} " + ' '.join(f'{k:>9}' for k in keys))
     sheet_rows = []

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from structflow_ros.core.inference import network_frame
 from structflow_ros.data.pairs import (FramePairDataset, PairSamplingConfig, bucket_batches,
                                        collate)
-from structflow_ros.data.sources import ArraySource, Frame, SourceError, open_source
+from structflow_ros.data.sources import ArraySource, Frame, SourceError
 
 SYNTHETIC_PREFIX = 'synthetic:'
 DEFAULT_SYNTHETIC_FRAMES = 200
