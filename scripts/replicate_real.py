@@ -163,6 +163,19 @@ def write_docs(results, args, docs):
                 results[0]['pooled'][pooled]['floor']['abs_rel'])
     for name in sets:
         row(name, lambda r, n=name: r['depth'][n]['abs_rel'], results[0]['floor'][name]['abs_rel'])
+    lines += ['', '## Reading', '']
+    for pooled in ('real_outdoor', 'real_indoor'):
+        if pooled not in results[0]['pooled']:
+            continue
+        means = {start: _stat([r['pooled'][pooled]['model']['abs_rel'] for r in results
+                               if r['start'] == start])[0] for start in starts}
+        better = means[starts[1]] < means[starts[0]]
+        lines.append(f'- {pooled}: {starts[1]} {means[starts[1]]:.3f} vs {starts[0]} '
+                     f'{means[starts[0]]:.3f}: pretraining on real video '
+                     + ('helps' if better else '**does not help**') + ' at this budget.')
+    lines += ['- The paper trained both stages at 640x192 for far longer (KITTI-scale data); '
+              'here both stages are minutes at 160x64 on 2 CPU cores, so this tests the claim '
+              'at a small budget only.']
     (docs / 'replication_real.md').write_text('\n'.join(lines) + '\n')
 
 
