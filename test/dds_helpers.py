@@ -64,6 +64,8 @@ class Client:
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
         self.received = collections.defaultdict(lambda: collections.deque(maxlen=100))
+        # Messages ever received per topic (`received` keeps only the newest 100).
+        self.totals = collections.Counter()
         self._stamps = itertools.count(1)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
@@ -74,6 +76,7 @@ class Client:
         def store(msg):
             with self._lock:
                 self.received[topic].append(msg)
+                self.totals[topic] += 1
         return self.node.create_subscription(msg_type, topic, store, qos)
 
     def camera_publisher(self, topic, msg_type):
@@ -84,6 +87,11 @@ class Client:
     def messages(self, topic):
         with self._lock:
             return list(self.received[topic])
+
+    def total(self, topic):
+        """How many messages arrived on `topic` since it was subscribed (not capped)."""
+        with self._lock:
+            return self.totals[topic]
 
     def find(self, topic, stamp=None, frame_id=None):
         """Newest message on `topic` with the given header stamp and/or frame_id, or None."""

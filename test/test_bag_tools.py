@@ -107,14 +107,14 @@ def test_play_delivers_frames_to_another_process_with_the_original_stamps(ros_en
         info = client.messages('/camera/camera_info')[-1]
         assert info.k[0] == pytest.approx(100.0)
         # Paced at the recorded rate: 20 frames at 20 Hz take about a second per pass.
-        times = []
-        count = len(client.messages('/camera/image_raw'))
+        # (Counted with the uncapped total: the stored list keeps only the newest 100, and a
+        # slow start under load can loop the bag past that before this point.)
+        count = client.total('/camera/image_raw')
         started = time.monotonic()
-        while len(client.messages('/camera/image_raw')) < min(count + 10, 100):
+        while client.total('/camera/image_raw') < count + 10:
             assert time.monotonic() - started < 30
             time.sleep(0.02)
-        times.append(time.monotonic() - started)
-        assert times[0] > 0.3  # 10 frames at 20 Hz: 0.5 s, not a burst
+        assert time.monotonic() - started > 0.3  # 10 frames at 20 Hz: 0.5 s, not a burst
     finally:
         if player is not None:
             player.send_signal(2)

@@ -57,7 +57,11 @@ def main(args):
         return EXIT_BAD_INPUT
     import rclpy
     from structflow_ros.ros.qos import make_qos
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+    # Ctrl-C raises KeyboardInterrupt here (below: a clean stop, exit 130). With rclpy's own
+    # handler the context was shut down under a publish() in flight, which then failed with
+    # "publisher's context is invalid" and exit 1 (seen in CI).
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node('structflow_play')
     publishers = {t: node.create_publisher(classes[t], t, make_qos(args.qos, 10))
                   for t in wanted}
