@@ -17,17 +17,14 @@ Writes RUN/results.json and docs/replication_real.md.
 """
 import argparse
 import json
-import math
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get('STRUCTFLOW_SHARED_DATA', REPO.parent / 'shared' / 'data'))
-FINETUNE_SYNTHETIC = ['synthetic:day:120:41', 'synthetic:dusk:120:42', 'synthetic:overcast:120:43']
+sys.path.insert(0, str(REPO / 'scripts'))
+from replicate_paper import FINETUNE_SYNTHETIC, _stat, cli, run  # noqa: E402  (one runner)
 
 
 def get_args_parser():
@@ -41,20 +38,6 @@ def get_args_parser():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--docs', default=str(REPO / 'docs'))
     return parser
-
-
-def run(cmd, log_path):
-    print('+', ' '.join(cmd), flush=True)
-    start = time.time()
-    with open(log_path, 'a') as log:
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    if result.returncode != 0:
-        sys.exit(f'command failed ({result.returncode}), see {log_path}: {" ".join(cmd)}')
-    return time.time() - start
-
-
-def cli(*args):
-    return [sys.executable, '-m', 'structflow_ros.cli', *args]
 
 
 def real_video_specs():
@@ -118,13 +101,6 @@ def main(args):
                 'pooled': report.get('pooled', {})})
     (out / 'results.json').write_text(json.dumps(results, indent=2))
     write_docs(results, args, Path(args.docs))
-
-
-def _stat(values):
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return float('nan'), float('nan')
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def write_docs(results, args, docs):

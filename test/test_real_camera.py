@@ -16,7 +16,6 @@ from structflow_ros.core.config import aspect_network_size
 from structflow_ros.core.inference import DepthPredictor
 from structflow_ros.data.calibration import (CalibrationError, CameraCalibration,
                                              load_calibration, load_camera_info_yaml)
-from structflow_ros.data.camera import resize_intrinsics
 from structflow_ros.data.pairs import FramePairDataset, PairSamplingConfig
 from structflow_ros.data.video_spec import PreparedSource, VideoSpec
 from structflow_ros.online.server import keeps_aspect
@@ -212,9 +211,8 @@ def test_calibrated_video_triplets_carry_the_intrinsics_of_the_crop(tmp_path):
     sample = next(iter(dataset))
     assert sample['frame0'].shape == (3, 64, 128) and set(sample) == {
         'frame_prev', 'frame0', 'frame1', 'K'}
-    shifted = K.copy()
-    shifted[1, 2] -= 20
-    expected = resize_intrinsics(shifted, (100, 200), (64, 128))
+    # By hand: 100x200 -> 64x128 scales by 0.64; centres follow (c + 0.5) * 0.64 - 0.5.
+    expected = np.array([[96.0, 0, 63.5], [0, 96.0, (59.5 - 20 + 0.5) * 0.64 - 0.5], [0, 0, 1]])
     assert sample['K'].numpy() == pytest.approx(expected.astype(np.float32), rel=1e-5)
     with pytest.raises(ValueError, match='no calib=FILE'):
         datasets.CalibratedVideoDataset([str(folder)], sizes=((64, 128),))

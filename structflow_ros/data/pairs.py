@@ -124,12 +124,11 @@ def small_grey(image: np.ndarray, static_width: int = 64) -> np.ndarray:
     return cv2.resize(grey, (static_width, small_height), interpolation=cv2.INTER_AREA)
 
 
-def random_crop_pair(image0: np.ndarray, image1: np.ndarray, size: Tuple[int, int],
-                     crop_scale: Tuple[float, float], rng: np.random.Generator
-                     ) -> Tuple[np.ndarray, np.ndarray]:
-    """The same random window of both frames, with the aspect of `size` (h, w), resized to it
-    with the served preprocessing."""
-    height, width = image0.shape[:2]
+def random_window(height: int, width: int, size: Tuple[int, int],
+                  crop_scale: Tuple[float, float], rng: np.random.Generator
+                  ) -> Tuple[int, int, int, int]:
+    """(y0, x0, box_h, box_w): a random window of an image with the aspect of `size` (h, w),
+    a `crop_scale` fraction of the largest such window, at a random place."""
     aspect = size[1] / size[0]
     if width / height > aspect:  # the largest window of that aspect: full height
         box_h, box_w = height, height * aspect
@@ -137,8 +136,17 @@ def random_crop_pair(image0: np.ndarray, image1: np.ndarray, size: Tuple[int, in
         box_h, box_w = width / aspect, width
     scale = rng.uniform(*crop_scale)
     box_h, box_w = max(2, int(box_h * scale)), max(2, int(box_w * scale))
-    y0 = int(rng.integers(0, height - box_h + 1))
-    x0 = int(rng.integers(0, width - box_w + 1))
+    return (int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1)),
+            box_h, box_w)
+
+
+def random_crop_pair(image0: np.ndarray, image1: np.ndarray, size: Tuple[int, int],
+                     crop_scale: Tuple[float, float], rng: np.random.Generator
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """The same random window of both frames, resized to `size` with the served
+    preprocessing."""
+    y0, x0, box_h, box_w = random_window(image0.shape[0], image0.shape[1], size, crop_scale,
+                                         rng)
     return tuple(network_frame_uint8(np.ascontiguousarray(img[y0:y0 + box_h, x0:x0 + box_w]),
                                      size) for img in (image0, image1))
 

@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
+from structflow_ros.data.pairs import small_grey
 from structflow_ros.data.sources import Frame, SourceError, VideoSource, open_source
 
 SPEC_KEYS = ('crop', 'stride', 'max', 'dedupe', 'calib')
@@ -104,14 +105,6 @@ def crop_box(height: int, width: int, crop) -> Tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
-def _small_grey(image: np.ndarray) -> np.ndarray:
-    height, width = image.shape[:2]
-    small_height = max(1, round(DUPLICATE_WIDTH * height / width))
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (DUPLICATE_WIDTH, small_height),
-                      interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
 class PreparedSource(VideoSource):
     """A source read through a VideoSpec: undistort (calib), crop, drop duplicates, stride.
 
@@ -171,7 +164,7 @@ class PreparedSource(VideoSource):
         for frame in self._raw:
             image = self._prepare(frame.image)
             if self.spec.dedupe:
-                small = _small_grey(image)
+                small = small_grey(image, DUPLICATE_WIDTH).astype(np.float32)
                 if last_small is not None and last_small.shape == small.shape and float(
                         np.abs(small - last_small).mean()) < DUPLICATE_THRESHOLD:
                     self.duplicates += 1

@@ -286,15 +286,9 @@ class CalibratedVideoDataset(IterableDataset):
 
     def _sample(self, images, K, rng):
         from structflow_ros.data.camera import resize_intrinsics
+        from structflow_ros.data.pairs import random_window
         size = self.sizes[int(rng.integers(len(self.sizes)))]
-        height, width = images[0].shape[:2]
-        aspect = size[1] / size[0]
-        box_h, box_w = (height, height * aspect) if width / height > aspect \
-            else (width / aspect, width)
-        scale = rng.uniform(*self.crop_scale)
-        box_h, box_w = max(2, int(box_h * scale)), max(2, int(box_w * scale))
-        y0 = int(rng.integers(0, height - box_h + 1))
-        x0 = int(rng.integers(0, width - box_w + 1))
+        y0, x0, box_h, box_w = random_window(*images[0].shape[:2], size, self.crop_scale, rng)
         K = np.array(K, np.float64)
         K[0, 2] -= x0
         K[1, 2] -= y0
