@@ -12,7 +12,8 @@
 #    the shipped model's flow path.
 # 2. finetune: self-supervised depth on the Udacity clip (undistorted with the camera_info
 #    written by `structflow calibrate`) and the KITTI clips (their calibration), jointly with
-#    supervised synthetic depth and the flow loss (the Y shape adaptation needs).
+#    supervised synthetic depth (streets and indoor rooms) and the flow loss (the Y shape
+#    adaptation needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,6 +21,7 @@ RUN=${RUN:-runs/real}
 SHARED=${STRUCTFLOW_SHARED_DATA:-../shared/data}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-4000}
 FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
+ROOM_FRAMES=${ROOM_FRAMES:-60}
 THREADS=${THREADS:-2}
 STAGES=${STAGES:-pretrain finetune export}
 U=$SHARED/udacity_calibrated_video
@@ -30,6 +32,10 @@ FIRST_MODEL=${FIRST_MODEL:-$RUN/first_default.pt}
 # Per-clip preparation (crops, stride) lives in scripts/real_video_specs.txt.
 REAL_VIDEO=$(grep -v '^#' scripts/real_video_specs.txt | sed "s|^|$SHARED/|")
 KITTI="$SHARED/kitti_odometry_clips/KITTI_sequence_1/image_l $SHARED/kitti_odometry_clips/KITTI_sequence_2/image_l"
+# Indoor rooms (data/synthetic/room.py): 20 seeds, each shared out over the 6 training sizes
+# (a room of its own per size), so 120 rooms; without them the model loses to a constant depth
+# on real indoor cameras.
+ROOMS=$(for seed in $(seq 31 50); do printf 'synthetic:room:%s:%s ' "$ROOM_FRAMES" "$seed"; done)
 SYNTHETIC="synthetic:day:300:11 synthetic:dusk:300:12 synthetic:overcast:300:13 synthetic:day:300:14"
 HELD_OUT="synthetic:fog:24:100"
 
@@ -55,8 +61,9 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
         VIDEO="$VIDEO $KC/image_l#calib=$KC/calib.txt"
       done
       $PY -m structflow_ros.cli finetune --init "$RUN/pretrain/last.pt" \
-        --data synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23 \
-        --video $VIDEO --supervised --self-supervised --random-crops --eval $HELD_OUT \
+        --data synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23 $ROOMS \
+        --video $VIDEO --supervised --self-supervised --random-crops --color-jitter \
+        --input-norm per_image --eval $HELD_OUT \
         --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --out "$RUN/finetune" --resume ;;
     export)

@@ -6,6 +6,7 @@ bare `pytest` all behave the same. Child processes inherit it (start them with
 """
 import itertools
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +18,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 SHARED_DATA = Path(os.environ.get('STRUCTFLOW_SHARED_DATA', REPO_ROOT.parent / 'shared' / 'data'))
+
+# A background job of a non-interactive shell (`make test &`, `(cmd &)`) starts with SIGINT
+# ignored, and an ignored signal stays ignored across fork and exec: every child process would
+# then ignore the Ctrl-C that the tests send it, and those tests fail for the shell's reason.
+# A handled signal is reset to the default in children, so handle it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='structflow_roslog_'))

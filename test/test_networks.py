@@ -70,6 +70,25 @@ def test_config_rejects_bad_values():
         ModelConfig(height=8)
     with pytest.raises(ValueError, match='unknown ModelConfig keys'):
         ModelConfig.from_dict({'encoder': 'resnet18', 'colour': 'red'})
+    with pytest.raises(ValueError, match="input_norm 'local'; choose from imagenet, per_image"):
+        ModelConfig(input_norm='local')
+
+
+def test_per_image_input_norm_ignores_brightness_and_contrast(tiny_model):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(height=64, width=96, input_norm='per_image')).eval()
+    # The same weights: the option adds no parameter, so either config loads the other's file.
+    assert set(model.state_dict()) == set(tiny_model.state_dict())
+    frames = torch.rand(2, 3, 64, 96) * 0.5 + 0.25
+    hazy = frames * 0.4 + 0.5            # brighter, 0.4x the contrast
+    with torch.no_grad():
+        assert torch.allclose(model(frames)['disp'][0], model(hazy)['disp'][0], atol=1e-5)
+        # The fixed ImageNet normalisation sees the haze.
+        change = (tiny_model(frames)['disp'][0] - tiny_model(hazy)['disp'][0]).abs().max()
+    assert change > 1e-3
+    # Checkpoints written before the option describe themselves without it: ImageNet.
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != 'input_norm'}
+    assert ModelConfig.from_dict(old).input_norm == 'imagenet'
 
 
 def test_pad_and_crop_round_trip():

@@ -161,7 +161,8 @@ def test_every_domain_renders_and_looks_different():
         grey = frame.rgb.mean(axis=-1)
         # Texture contrast on far-ish surfaces: standard deviation of pixels 25-60 m away.
         far = frame.depth_valid & (frame.depth > 25) & (frame.depth < 60)
-        contrast[name] = grey[far].std()
+        if DOMAINS[name].scene == 'street':     # a room has nothing 25 m away
+            contrast[name] = grey[far].std()
         focal[name] = frame.K[0, 0]
     names = list(DOMAINS)
     for i, a in enumerate(names):

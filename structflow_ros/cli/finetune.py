@@ -41,6 +41,9 @@ def get_args_parser():
     parser.add_argument('--video', nargs='*', default=[],
                         help='calibrated real video specs PATH#calib=FILE[,crop=...,stride=N] '
                         'for the self-supervised loss (needs --self-supervised)')
+    parser.add_argument('--color-jitter', action='store_true',
+                        help='colour jitter of every training sample (training.datasets.'
+                        'DEPTH_JITTER: contrast down to 0.4x, brightness, saturation, hue)')
     parser.add_argument('--random-crops', action='store_true',
                         help='random crops at every training aspect (training.datasets.'
                         'TRAINING_SIZES) instead of the model size only')
@@ -110,13 +113,15 @@ def main(args):
                 part = datasets.SyntheticSpec(spec.domain, max(2, spec.frames // len(sizes)),
                                               spec.seed + 1000 * k)
                 sequences.append(datasets.render_synthetic(part, *size))
-        video = (datasets.CalibratedVideoDataset(args.video, sizes, seed=args.seed)
-                 if args.video else None)
+        jitter = datasets.DEPTH_JITTER if args.color_jitter else None
+        video = (datasets.CalibratedVideoDataset(args.video, sizes, seed=args.seed,
+                                                 jitter=jitter) if args.video else None)
         eval_sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s),
                                                     config.height, config.width)
                           for s in args.eval]
         dataset = (datasets.DepthPairDataset(sequences, args.labels if args.supervised else 0,
-                                             seed=args.seed) if sequences else None)
+                                             seed=args.seed, jitter=jitter)
+                   if sequences else None)
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
         model = build_model(config)
         loaded = init_from_checkpoint(model, args.init) if args.init else []
@@ -176,6 +181,7 @@ def main(args):
                   extra={'init': args.init or 'scratch', 'loaded_modules': loaded,
                          'labels_per_sequence': args.labels, 'joint_flow': joint_flow,
                          'random_crops': bool(args.random_crops),
+                         'color_jitter': bool(args.color_jitter),
                          'training_sizes': [list(s) for s in sizes]})
     return cli_common.run_training('finetune', model, make_batches, loop, step_config, run,
                                    evaluate)

@@ -143,12 +143,12 @@ class _BagOutput:
 def render_domain(domain: str, args, width: int, height: int, progress: bool):
     """Render one domain to args.out/<domain>; returns (seconds, frames, preview path)."""
     from structflow_ros.data.synthetic.preview import contact_sheet, write_png
-    from structflow_ros.data.synthetic.render import Renderer
+    from structflow_ros.data.synthetic.render import open_renderer
     config = synthetic_domains.get_domain(domain)
     target = args.out / domain
     _prepare_target(target, args.overwrite, 'camera.json' if args.format == 'folder'
                     else 'metadata.yaml')
-    renderer = Renderer(domain, args.frames, height, width, args.seed, args.fps)
+    renderer = open_renderer(domain, args.frames, height, width, args.seed, args.fps)
     writer = (_FolderWriter(target) if args.format == 'folder'
               else _BagOutput(target, args.storage))
     preview_at = set(np.linspace(0, args.frames - 1, min(PREVIEW_ROWS, args.frames)).round()

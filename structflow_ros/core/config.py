@@ -3,6 +3,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 ENCODERS = ('resnet18', 'resnet50')
+INPUT_NORMS = ('imagenet', 'per_image')
 # The ResNet stem and four stages halve the resolution five times.
 SIZE_MULTIPLE = 32
 # The decoders' reflection padding needs a bottleneck of at least 2x2 cells.
@@ -30,6 +31,10 @@ class ModelConfig:
     flow_branch: bool = True
     # Pose network for monodepth2-style self-supervised depth with known intrinsics.
     pose_branch: bool = True
+    # How the structure encoder normalises its input: 'imagenet' (fixed ImageNet statistics,
+    # monodepth2) or 'per_image' (each frame's own brightness and contrast taken out first:
+    # haze, glare and exposure change them without changing the scene).
+    input_norm: str = 'imagenet'
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -44,6 +49,9 @@ class ModelConfig:
             raise ValueError(f'num_scales must be in 1..4, got {self.num_scales}')
         if self.motion_dim < 1:
             raise ValueError(f'motion_dim must be positive, got {self.motion_dim}')
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm '{self.input_norm}'; choose from "
+                             f"{', '.join(INPUT_NORMS)}")
         if not 0 < self.min_depth < self.max_depth:
             raise ValueError(f'need 0 < min_depth < max_depth, got {self.min_depth}, '
                              f'{self.max_depth}')

@@ -13,6 +13,12 @@ import torch.nn.functional as F
 from structflow_ros.core.config import SIZE_MULTIPLE, ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+# Brightness and contrast (mean and standard deviation over all pixels and channels, [0, 1])
+# of a typical real camera frame, the target of input_norm 'per_image'. Measured: KITTI
+# 0.38 / 0.23, four dashcam clips 0.31-0.51 / 0.21-0.25; the synthetic world is duller
+# (day 0.45 / 0.12, room 0.48 / 0.10, fog 0.64 / 0.09).
+TYPICAL_FRAME_MEAN = 0.45
+TYPICAL_FRAME_STD = 0.22
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -94,13 +100,15 @@ _RESNET_LAYOUTS = {
 class StructureEncoder(nn.Module):
     """ResNet on one frame; returns 5 feature maps at 1/2, 1/4, 1/8, 1/16 and 1/32 resolution.
 
-    Normalises its own input (ImageNet statistics, as monodepth2), so callers pass raw RGB.
+    Normalises its own input, so callers pass raw RGB: ImageNet statistics (monodepth2), after
+    taking out each frame's own brightness and contrast when input_norm is 'per_image'.
     """
 
-    def __init__(self, name='resnet18'):
+    def __init__(self, name='resnet18', input_norm='imagenet'):
         super().__init__()
         if name not in _RESNET_LAYOUTS:
             raise ValueError(f"unknown encoder '{name}'; choose from {', '.join(_RESNET_LAYOUTS)}")
+        self.input_norm = input_norm
         block, blocks_per_stage = _RESNET_LAYOUTS[name]
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -125,7 +133,15 @@ class StructureEncoder(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
 
     def forward(self, image):
-        x = (normalize_image(image) - self.mean) / self.std
+        image = normalize_image(image)
+        if self.input_norm == 'per_image':
+            # Every frame brought to one brightness and contrast (those of a typical frame, so
+            # the ImageNet step below sees the range it was trained on): a hazy or dim view of a
+            # street then looks like a clear one, not like a plain wall of a room.
+            mean = image.mean(dim=(1, 2, 3), keepdim=True)            # (B, 1, 1, 1)
+            std = image.std(dim=(1, 2, 3), keepdim=True).clamp_min(0.02)
+            image = (image - mean) / std * TYPICAL_FRAME_STD + TYPICAL_FRAME_MEAN
+        x = (image - self.mean) / self.std
         check_divisible(x)
         f0 = F.relu(self.bn1(self.conv1(x)), inplace=True)
         f1 = self.layer1(self.maxpool(f0))
@@ -279,7 +295,7 @@ class StructFlowModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.structure_encoder = StructureEncoder(config.encoder)
+        self.structure_encoder = StructureEncoder(config.encoder, config.input_norm)
         num_ch_enc = self.structure_encoder.num_ch_enc
         self.depth_decoder = DepthDecoder(num_ch_enc, config.num_scales)
         if config.flow_branch:

@@ -179,6 +179,19 @@ def jitter_transform(rng: np.random.Generator, config: PairSamplingConfig,
     return matrix.astype(np.float32), offset.astype(np.float32)
 
 
+def jitter_tensors(frames, rng: np.random.Generator, config: PairSamplingConfig):
+    """One colour jitter (`jitter_transform`, drawn from `config`) applied alike to every frame
+    of a pair or triplet: (3, H, W) float tensors in [0, 1]; the first frame's mean grey is the
+    contrast pivot. The same map on every frame keeps the photometric losses between them
+    meaningful."""
+    mean_grey = float(frames[0].reshape(3, -1).mean(1).numpy() @ _LUMA)
+    matrix, offset = jitter_transform(rng, config, mean_grey)
+    matrix, offset = torch.from_numpy(matrix), torch.from_numpy(offset)
+    # (3, H, W): out[c] = sum_k matrix[c, k] * frame[k] + offset[c]
+    return [(torch.einsum('ck,khw->chw', matrix, frame.float()) + offset[:, None, None])
+            .clamp_(0.0, 1.0) for frame in frames]
+
+
 class FramePairDataset(IterableDataset):
     """Shuffled training pairs {'frame0', 'frame1', 'source', 'index', 'stride', 'flipped'}.
 

@@ -61,9 +61,9 @@ class SyntheticInput:
     """The synthetic drive, rendered with exact depth (sky invalid)."""
 
     def __init__(self, domain, count, size, seed, fps):
-        from structflow_ros.data.synthetic.render import Renderer
+        from structflow_ros.data.synthetic.render import open_renderer
         try:
-            self.renderer = Renderer(domain, count, size[0], size[1], seed, fps)
+            self.renderer = open_renderer(domain, count, size[0], size[1], seed, fps)
         except ValueError as error:
             raise DemoInputError(str(error)) from None
         self.count = count

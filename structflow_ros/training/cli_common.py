@@ -2,7 +2,7 @@
 import json
 import sys
 
-from structflow_ros.core.config import ENCODERS, ModelConfig
+from structflow_ros.core.config import ENCODERS, INPUT_NORMS, ModelConfig
 from structflow_ros.training.trainer import LoopConfig, Trainer, TrainingStopped
 
 
@@ -11,6 +11,9 @@ def add_model_args(parser):
     group.add_argument('--encoder', default='resnet18', choices=ENCODERS)
     group.add_argument('--height', type=int, default=96, help='network input height (x32)')
     group.add_argument('--width', type=int, default=320, help='network input width (x32)')
+    group.add_argument('--input-norm', default='imagenet', choices=INPUT_NORMS,
+                       help="structure encoder input normalisation; 'per_image' takes out each "
+                       "frame's brightness and contrast first (core.config.ModelConfig)")
 
 
 def add_loop_args(parser, steps=2000, out='runs/train'):
@@ -48,7 +51,8 @@ def loop_config_from_args(args):
 
 
 def model_config_from_args(args, **overrides):
-    return ModelConfig(encoder=args.encoder, height=args.height, width=args.width, **overrides)
+    return ModelConfig(encoder=args.encoder, height=args.height, width=args.width,
+                       input_norm=getattr(args, 'input_norm', 'imagenet'), **overrides)
 
 
 def finish(summary, command):

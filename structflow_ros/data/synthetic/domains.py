@@ -19,6 +19,9 @@ class DomainConfig:
     """Look and camera of one domain; every default is the 'day' value."""
 
     name: str = 'day'
+    # What the camera moves through: 'street' (world.py, a car on a road) or 'room' (room.py,
+    # a robot or a hand-held camera indoors; it draws its own field of view per room).
+    scene: str = 'street'
     # Camera. fx = fy = focal_x_frac * width: 0.58 is KITTI's ratio (fx 721 px at 1242 wide),
     # so 640x192 renders look like the monodepth2 input.
     focal_x_frac: float = 0.58
@@ -126,6 +129,11 @@ DOMAINS: Dict[str, DomainConfig] = {
         fog_density=0.008, window_light_prob=0.45, window_light_color=(1.0, 0.78, 0.45),
         street_light_intensity=1.0, headlight_intensity=0.8, exposure=1.3,
         saturation=1.0, contrast=1.05),
+    # Indoors: lamps, windows and a ceiling instead of sun and sky (room.py draws per room the
+    # size, furniture, materials, lights, camera height 0.3-1.7 m and field of view).
+    'room': DomainConfig(
+        name='room', scene='room', camera_height_m=1.0, camera_pitch_deg=10.0,
+        speed_mps=0.5, fog_density=0.0, saturation=0.95, contrast=1.0, exposure=1.1),
 }
 
 

@@ -156,11 +156,22 @@ class Renderer:
                 domain=self.domain)
 
 
+def open_renderer(domain, num_frames: int, height: int, width: int, seed: int = 0,
+                  fps: float = 10.0):
+    """The renderer of a domain's scene: the street (Renderer) or a room (room.RoomRenderer);
+    both have K, time_of, stamp_of, cast and frames."""
+    config = get_domain(domain)
+    if config.scene == 'room':
+        from structflow_ros.data.synthetic.room import RoomRenderer
+        return RoomRenderer(config, num_frames, height, width, seed, fps)
+    return Renderer(config, num_frames, height, width, seed, fps)
+
+
 def render_sequence(domain: str, num_frames: int, height: int, width: int, seed: int = 0,
                     fps: float = 10.0) -> Iterator[SyntheticFrame]:
-    """Yield `num_frames` SyntheticFrames of a seeded drive in `domain` (deterministic)."""
-    renderer = Renderer(domain, num_frames, height, width, seed, fps)
-    return renderer.frames()
+    """Yield `num_frames` SyntheticFrames of a seeded drive (or room walk) in `domain`
+    (deterministic)."""
+    return open_renderer(domain, num_frames, height, width, seed, fps).frames()
 
 
 def measure_render_speed(height: int = 96, width: int = 320, frames: int = 20,
@@ -177,7 +188,7 @@ def measure_render_speed(height: int = 96, width: int = 320, frames: int = 20,
     if threads is not None:
         cv2.setNumThreads(int(threads))
     try:
-        renderer = Renderer(domain, frames, height, width, seed)
+        renderer = open_renderer(domain, frames, height, width, seed)
         start = time.perf_counter()
         count = sum(1 for _ in renderer.frames())
         seconds = time.perf_counter() - start
@@ -276,4 +287,4 @@ def SyntheticFlowDataset(domain='day', num_frames=20, height=96, width=320, seed
 
 __all__ = ['SyntheticFrame', 'render_sequence', 'measure_render_speed', 'SyntheticSource',
            'SyntheticDataset', 'SyntheticDepthDataset', 'SyntheticFlowDataset', 'Renderer',
-           'flow_between', 'STAMP_BASE_NS']
+           'flow_between', 'open_renderer', 'STAMP_BASE_NS']

@@ -755,39 +755,68 @@ def cast(world: World, t: float, K: np.ndarray, height: int, width: int) -> Geom
     objects = world.objects
     near_road = (obj_s > s_cam - 40.0 - objects.radius) & (
         obj_s < s_cam + far * 1.5 + objects.radius)
-    cand = np.flatnonzero(near_road)
+    cast_objects(objects, np.flatnonzero(near_road), yaw, pos, pose, K, rays_img, far,
+                 depth, obj, face)
+    terrain_normal = np.zeros((depth.size, 3))
+    terrain_normal[:, 2] = 1.0
+    kerb = np.flatnonzero((obj == TERRAIN_ID) & (face == KERB))
+    if kerb.size:
+        # Kerb faces look back towards the road centre: -sign(d) * right.
+        sign = -np.sign(road_d[kerb])
+        terrain_normal[kerb] = np.stack([sign * np.sin(road_h[kerb]),
+                                         -sign * np.cos(road_h[kerb]), np.zeros(kerb.size)],
+                                        axis=1)
+    return surface_geometry(objects, yaw, pos, pose, K, t, height, width, rays, depth, obj,
+                            face, terrain_normal, road_s, road_d, road_h)
+
+
+def cast_objects(objects: ObjectTable, cand: np.ndarray, yaw, pos, pose, K, rays_img, far,
+                 depth, obj, face) -> None:
+    """Z-buffer the objects `cand` (indices) into depth/obj/face (flat (N,) arrays, in place).
+
+    Each object is cast only on its screen rectangle: large ones one by one, nearest first
+    (they hide the rest), small ones all at once.
+    """
+    if not cand.size:
+        return
+    height, width = rays_img.shape[:2]
+    rays = rays_img.reshape(-1, 3)
     depth_img = depth.reshape(height, width)
     obj_img = obj.reshape(height, width)
     face_img = face.reshape(height, width)
-    if cand.size:
-        w2c = np.linalg.inv(pose)
-        c, s = np.cos(yaw[cand]), np.sin(yaw[cand])
-        local = _CORNER_SIGNS[None] * objects.half[cand][:, None, :]   # (M, 8, 3)
-        wx = pos[cand, 0, None] + c[:, None] * local[..., 0] - s[:, None] * local[..., 1]
-        wy = pos[cand, 1, None] + s[:, None] * local[..., 0] + c[:, None] * local[..., 1]
-        wz = pos[cand, 2, None] + local[..., 2]
-        world_pts = np.stack([wx, wy, wz], axis=-1)                     # (M, 8, 3)
-        cam_pts = world_pts @ w2c[:3, :3].T + w2c[:3, 3]
-        rects, visible = _screen_boxes(cam_pts, K, height, width, far)
-        area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
-        rel = origin - pos[cand]                                         # (M, 3)
-        # Camera centre in each object's frame (world -> object: rotate by -yaw).
-        o_local = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1],
-                            rel[:, 2]], axis=1)
-        large = np.flatnonzero(visible & (area > LARGE_RECT_PIXELS))
-        # Near objects first (they hide the rest), each on its own screen rectangle.
-        large = large[np.argsort(np.clip(cam_pts[large, :, 2], NEAR_M, None).min(axis=1))]
-        for j in large:
-            _cast_one(objects, cand[j], rects[j], c[j], s[j], o_local[j], rays_img,
-                      depth_img, obj_img, face_img)
-        small = np.flatnonzero(visible & (area <= LARGE_RECT_PIXELS))
-        if small.size:
-            _cast_batch(objects, cand[small], rects[small], c[small], s[small],
-                        o_local[small], rays, depth, obj, face, width)
-    depth = depth_img.reshape(-1)
-    obj = obj_img.reshape(-1)
-    face = face_img.reshape(-1)
+    origin = pose[:3, 3]
+    w2c = np.linalg.inv(pose)
+    c, s = np.cos(yaw[cand]), np.sin(yaw[cand])
+    local = _CORNER_SIGNS[None] * objects.half[cand][:, None, :]   # (M, 8, 3)
+    wx = pos[cand, 0, None] + c[:, None] * local[..., 0] - s[:, None] * local[..., 1]
+    wy = pos[cand, 1, None] + s[:, None] * local[..., 0] + c[:, None] * local[..., 1]
+    wz = pos[cand, 2, None] + local[..., 2]
+    world_pts = np.stack([wx, wy, wz], axis=-1)                     # (M, 8, 3)
+    cam_pts = world_pts @ w2c[:3, :3].T + w2c[:3, 3]
+    rects, visible = _screen_boxes(cam_pts, K, height, width, far)
+    area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
+    rel = origin - pos[cand]                                         # (M, 3)
+    # Camera centre in each object's frame (world -> object: rotate by -yaw).
+    o_local = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1],
+                        rel[:, 2]], axis=1)
+    large = np.flatnonzero(visible & (area > LARGE_RECT_PIXELS))
+    large = large[np.argsort(np.clip(cam_pts[large, :, 2], NEAR_M, None).min(axis=1))]
+    for j in large:
+        _cast_one(objects, cand[j], rects[j], c[j], s[j], o_local[j], rays_img,
+                  depth_img, obj_img, face_img)
+    small = np.flatnonzero(visible & (area <= LARGE_RECT_PIXELS))
+    if small.size:
+        _cast_batch(objects, cand[small], rects[small], c[small], s[small],
+                    o_local[small], rays, depth, obj, face, width)
 
+
+def surface_geometry(objects: ObjectTable, yaw, pos, pose, K, t, height, width, rays, depth,
+                     obj, face, terrain_normal, road_s=None, road_d=None,
+                     road_h=None) -> Geometry:
+    """The Geometry of a finished z-buffer: hit points, normals, object-local points and
+    pixel footprints. terrain_normal (N, 3): the normals of TERRAIN_ID pixels (the caller's
+    ground: the street's road and kerbs, a room's floor, walls and ceiling)."""
+    origin = pose[:3, 3]
     point = origin + depth[:, None] * rays
     # Surface normals and object-local points (index arrays: cheaper than boolean masks).
     normal = np.zeros_like(point)
@@ -815,17 +844,15 @@ def cast(world: World, t: float, K: np.ndarray, height: int, width: int) -> Geom
     normal[is_obj] = np.stack([cy * ln[:, 0] - sy * ln[:, 1], sy * ln[:, 0] + cy * ln[:, 1],
                                ln[:, 2]], axis=1)
     terrain = obj == TERRAIN_ID
-    normal[terrain, 2] = 1.0
-    kerb = np.flatnonzero(terrain & (face == KERB))
-    if kerb.size:
-        # Kerb faces look back towards the road centre: -sign(d) * right.
-        sign = -np.sign(road_d[kerb])
-        normal[kerb] = np.stack([sign * np.sin(road_h[kerb]), -sign * np.cos(road_h[kerb]),
-                                 np.zeros(kerb.size)], axis=1)
+    normal[terrain] = terrain_normal[terrain]
     sky = obj == SKY_ID
     ray_len = row_norm(rays)
     normal[sky] = -rays[sky] / ray_len[sky, None]
     cos = np.abs(row_dot(normal, rays)) / ray_len
     footprint = depth / K[0, 0] * ray_len / np.maximum(cos, 0.05)
+    zeros = np.zeros(depth.size)
+    road_s = zeros if road_s is None else road_s
+    road_d = zeros if road_d is None else road_d
+    road_h = zeros if road_h is None else road_h
     return Geometry(height, width, K, pose, t, depth, obj, face, point, rays, ray_len, footprint,
                     normal, local, road_s, road_d, road_h, yaw, pos)

@@ -1,0 +1,640 @@
+"""A procedural indoor room, seen by a robot or a hand-held camera, with exact ground truth.
+
+Why it exists: every street domain shows the same layout (ground below, sky above, depth
+growing to a far horizon), and a model that only learned that loses to a constant depth on real
+indoor cameras (NYU, TUM; issue 10). A room is a closed box a few metres across: floor, four
+walls and a ceiling, furniture standing against the walls, open space under tables, things on
+them, pictures, doors and windows on the walls; the camera is 0.3-1.7 m high and turns more
+than it travels.
+
+Layout (world frame as the street's: z up, metres): the room spans x in [0, width], y in
+[0, length], z in [0, height]. The camera walks a smooth ellipse around the room's centre and
+looks around (RoomCameraPath); furniture is only placed where it stays clear of that path, so
+the camera never enters an object. Each seed draws its own room size, furniture, materials,
+lights, camera height and field of view.
+
+Objects reuse the street's shapes, ray tests and z-buffer (world.cast_objects); the shell is
+cast from the inside. Frames come out as the street's SyntheticFrame with flow from
+render.flow_between, so depth, flow and occlusion follow exactly the conventions of render.py.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+from structflow_ros.data.synthetic import world as W
+from structflow_ros.data.synthetic.camera import camera_rotation, intrinsics
+from structflow_ros.data.synthetic.domains import DomainConfig
+from structflow_ros.data.synthetic.shading import box, fbm, grade, hash01, periodic_box
+
+# Materials of room objects (ObjectTable.kind).
+WOOD, PAINTED, FABRIC, SCREEN, PICTURE, WINDOW, DOOR, LIGHT, PLANT, METAL, BOOKS = range(11)
+# The shell is 'terrain' to the shared code (static, never sky); its face buffer holds which
+# side was hit: the walls at x = 0, x = width, y = 0, y = length, then floor and ceiling.
+WALL_X0, WALL_X1, WALL_Y0, WALL_Y1, FLOOR, CEILING = range(6)
+_SHELL_NORMALS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                          dtype=np.float64)   # inward normals of the shell faces
+PATH_CLEARANCE_M = 0.4          # free space between the camera's path and any object
+_PATH_SAMPLES = 96
+
+_WALL_COLORS = ((0.80, 0.78, 0.72), (0.85, 0.84, 0.80), (0.70, 0.72, 0.68), (0.78, 0.70, 0.58),
+                (0.62, 0.68, 0.74), (0.74, 0.62, 0.55), (0.55, 0.60, 0.50), (0.88, 0.86, 0.84),
+                (0.60, 0.55, 0.52), (0.45, 0.50, 0.58))
+_WOOD_COLORS = ((0.45, 0.28, 0.14), (0.62, 0.45, 0.28), (0.30, 0.18, 0.10), (0.72, 0.58, 0.40),
+                (0.52, 0.36, 0.22))
+_PAINT_COLORS = ((0.85, 0.85, 0.83), (0.12, 0.12, 0.13), (0.55, 0.57, 0.60), (0.60, 0.15, 0.12),
+                 (0.15, 0.25, 0.45), (0.80, 0.72, 0.55), (0.30, 0.40, 0.30), (0.90, 0.90, 0.92))
+_FABRIC_COLORS = ((0.35, 0.35, 0.38), (0.55, 0.20, 0.15), (0.20, 0.30, 0.50), (0.60, 0.55, 0.45),
+                  (0.25, 0.40, 0.30), (0.70, 0.68, 0.65), (0.45, 0.30, 0.40))
+
+
+@dataclass(frozen=True)
+class RoomCameraPath:
+    """Smooth seeded camera motion: an ellipse around the room's centre, looking around.
+
+    Position (cx + ra cos p, cy + rb sin p) with phase p = phase0 + direction * omega * t; the
+    heading follows the path's tangent plus a slow look-around swing (up to about 70 degrees,
+    so walls and corners come into view, as a hand-held camera or a turning robot sees them).
+    """
+
+    centre: tuple
+    radii: tuple
+    omega: float
+    phase: float
+    direction: float
+    height: float
+    look_amp: float
+    look_omega: float
+    look_phase: float
+    pitch: float
+    pitch_amp: float
+    roll_amp: float
+    wobble_omega: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, size) -> 'RoomCameraPath':
+        width, length, _ = size
+        ra, rb = rng.uniform(0.12, 0.28) * width, rng.uniform(0.12, 0.28) * length
+        speed = rng.uniform(0.25, 0.8)                        # m/s: a walk or a slow robot
+        return cls(centre=(width / 2 + rng.uniform(-0.05, 0.05) * width,
+                           length / 2 + rng.uniform(-0.05, 0.05) * length),
+                   radii=(ra, rb), omega=speed / math.sqrt(0.5 * (ra * ra + rb * rb)),
+                   phase=rng.uniform(0, 2 * math.pi), direction=float(rng.choice([-1.0, 1.0])),
+                   height=rng.uniform(0.3, 1.7), look_amp=rng.uniform(0.0, 1.2),
+                   look_omega=rng.uniform(0.1, 0.4), look_phase=rng.uniform(0, 2 * math.pi),
+                   pitch=math.radians(rng.uniform(-5.0, 25.0)),
+                   pitch_amp=math.radians(rng.uniform(0.5, 4.0)),
+                   roll_amp=math.radians(rng.uniform(0.0, 3.0)),
+                   wobble_omega=rng.uniform(0.8, 2.0))
+
+    def _phase(self, t):
+        return self.phase + self.direction * self.omega * t
+
+    def position(self, t) -> np.ndarray:
+        p = self._phase(t)
+        x = self.centre[0] + self.radii[0] * math.cos(p)
+        y = self.centre[1] + self.radii[1] * math.sin(p)
+        z = self.height + 0.02 * math.sin(self.wobble_omega * 2.3 * t)
+        return np.array([x, y, z])
+
+    def xy_samples(self) -> np.ndarray:
+        """(S, 2) points of the whole loop (the path repeats), for keeping objects off it."""
+        p = np.linspace(0.0, 2 * math.pi, _PATH_SAMPLES, endpoint=False)
+        return np.stack([self.centre[0] + self.radii[0] * np.cos(p),
+                         self.centre[1] + self.radii[1] * np.sin(p)], axis=1)
+
+    def pose(self, t: float) -> np.ndarray:
+        p = self._phase(t)
+        tangent_x = -self.radii[0] * math.sin(p) * self.direction
+        tangent_y = self.radii[1] * math.cos(p) * self.direction
+        heading = math.atan2(tangent_y, tangent_x) + self.look_amp * math.sin(
+            self.look_omega * t + self.look_phase)
+        pitch = self.pitch + self.pitch_amp * math.sin(self.wobble_omega * t)
+        roll = self.roll_amp * math.sin(self.wobble_omega * 0.7 * t + 1.0)
+        pose = np.eye(4)
+        pose[:3, :3] = camera_rotation(heading, pitch, roll)
+        pose[:3, 3] = self.position(t)
+        return pose
+
+
+@dataclass(frozen=True)
+class RoomLook:
+    """Materials and lights of one room (drawn per seed)."""
+
+    wall_color: tuple
+    accent_wall: int              # -1: none, else the shell face painted in accent_color
+    accent_color: tuple
+    wallpaper_period: float       # 0: plain paint, else vertical stripes of this period (m)
+    floor_kind: int               # 0 wood planks, 1 tiles, 2 carpet
+    floor_color: tuple
+    floor_period: float           # plank width or tile size (m)
+    ceiling_color: tuple
+    skirting_color: tuple
+    lights: tuple                 # ((x, y, z), ...) lamp positions
+    light_intensity: float
+    ambient: float
+
+
+class RoomWorld:
+    """One room: its size, look, objects and the camera's path; the interface of world.World
+    that render.flow_between and the shader use (config, objects, object_poses, camera_pose)."""
+
+    def __init__(self, config: DomainConfig, seed: int, duration_s: float):
+        self.config = config
+        self.seed = int(seed)
+        self.duration_s = duration_s
+        rng = W._rng(seed, 40)
+        # From a small bedroom (about 3 x 3 m) to an open office or a hall (8 x 12 m).
+        self.size = (rng.uniform(2.8, 8.0), rng.uniform(3.2, 12.0), rng.uniform(2.4, 3.4))
+        self.path = RoomCameraPath.sample(rng, self.size)
+        self.look = self._sample_look(W._rng(seed, 41))
+        self._path_xy = self.path.xy_samples()
+        builder = W._ObjectBuilder()
+        self._footprints = []
+        rng_objects = W._rng(seed, 42)
+        for wall in (WALL_X0, WALL_X1, WALL_Y0, WALL_Y1):
+            self._furnish_wall(builder, rng_objects, wall)
+        self._add_free_standing(builder, rng_objects)
+        for (x, y, z) in self.look.lights:
+            builder.add(W.BOX, LIGHT, (0.3, 0.3, 0.02), 0.0, (x, y, z - 0.02))
+        self.objects = builder.build()
+        self.lamp_positions = np.zeros((0, 3))
+
+    # ------------------------------------------------------------------ layout
+    def _sample_look(self, rng) -> RoomLook:
+        width, length, height = self.size
+        wall = np.array(_WALL_COLORS[rng.integers(len(_WALL_COLORS))])
+        lights = []
+        count = int(rng.integers(1, 4))
+        for _ in range(count):
+            lights.append((rng.uniform(0.25, 0.75) * width, rng.uniform(0.2, 0.8) * length,
+                           height))
+        floor_kind = int(rng.integers(3))
+        floor_colors = (_WOOD_COLORS, ((0.75, 0.74, 0.70), (0.45, 0.45, 0.47), (0.60, 0.50, 0.40),
+                                       (0.85, 0.85, 0.86)), _FABRIC_COLORS)[floor_kind]
+        return RoomLook(
+            wall_color=tuple(wall * rng.uniform(0.9, 1.05, 3)),
+            accent_wall=int(rng.integers(-1, 4)) if rng.random() < 0.4 else -1,
+            accent_color=tuple(_PAINT_COLORS[rng.integers(len(_PAINT_COLORS))]),
+            wallpaper_period=rng.uniform(0.08, 0.4) if rng.random() < 0.25 else 0.0,
+            floor_kind=floor_kind,
+            floor_color=tuple(floor_colors[rng.integers(len(floor_colors))]),
+            floor_period=rng.uniform(0.09, 0.2) if floor_kind == 0 else rng.uniform(0.3, 0.6),
+            ceiling_color=tuple(np.full(3, rng.uniform(0.8, 0.95))),
+            skirting_color=tuple(_PAINT_COLORS[rng.integers(len(_PAINT_COLORS))]),
+            lights=tuple(lights), light_intensity=rng.uniform(0.6, 1.4),
+            ambient=rng.uniform(0.25, 0.5))
+
+    def _clear(self, x, y, half_x, half_y) -> bool:
+        """An axis-aligned footprint is inside the room and off the camera's path."""
+        width, length, _ = self.size
+        if x - half_x < -1e-6 or x + half_x > width + 1e-6 or y - half_y < -1e-6 or \
+                y + half_y > length + 1e-6:
+            return False
+        dx = np.maximum(np.abs(self._path_xy[:, 0] - x) - half_x, 0.0)
+        dy = np.maximum(np.abs(self._path_xy[:, 1] - y) - half_y, 0.0)
+        if np.min(np.hypot(dx, dy)) < PATH_CLEARANCE_M:
+            return False
+        for (ox, oy, ohx, ohy) in self._footprints:
+            if abs(ox - x) < ohx + half_x and abs(oy - y) < ohy + half_y:
+                return False
+        return True
+
+    def _furnish_wall(self, builder, rng, wall):
+        """Furniture along one wall, side by side with gaps, plus things hung on the wall."""
+        width, length, height = self.size
+        along_length = wall in (WALL_X0, WALL_X1)
+        span = length if along_length else width
+        sign = 1.0 if wall in (WALL_X0, WALL_Y0) else -1.0
+        base = 0.0 if sign > 0 else (width if along_length else length)
+
+        def place(a, depth_m):
+            """(x, y) of a footprint centre at `a` along the wall, depth_m deep, and its
+            half extents in (x, y)."""
+            d = base + sign * depth_m / 2
+            return ((d, a) if along_length else (a, d))
+
+        def halves(extent, depth_m):
+            return (depth_m / 2, extent / 2) if along_length else (extent / 2, depth_m / 2)
+
+        a = rng.uniform(0.0, 0.6)
+        while a < span - 0.5:
+            extent = rng.uniform(0.5, 2.0)
+            if a + extent > span:
+                extent = span - a
+            kind = rng.choice(['cabinet', 'shelf', 'sofa', 'desk', 'none'],
+                              p=[0.22, 0.2, 0.18, 0.25, 0.15])
+            centre = a + extent / 2
+            if kind == 'cabinet' or kind == 'shelf':
+                depth_m = rng.uniform(0.3, 0.6)
+                tall = rng.uniform(0.7, 2.2)
+                x, y = place(centre, depth_m)
+                hx, hy = halves(extent, depth_m)
+                if self._clear(x, y, hx, hy):
+                    material = BOOKS if kind == 'shelf' else (WOOD if rng.random() < 0.4
+                                                              else PAINTED)
+                    self._add(builder, rng, W.BOX, material, (hx, hy, tall / 2),
+                              (x, y, tall / 2), footprint=(hx, hy))
+                    if kind == 'cabinet' and tall < 1.2:
+                        self._add_clutter(builder, rng, x, y, hx, hy, tall)
+            elif kind == 'sofa':
+                depth_m = rng.uniform(0.8, 1.9)
+                seat = rng.uniform(0.4, 0.6)
+                x, y = place(centre, depth_m)
+                hx, hy = halves(extent, depth_m)
+                if self._clear(x, y, hx, hy):
+                    self._add(builder, rng, W.BOX, FABRIC, (hx, hy, seat / 2), (x, y, seat / 2),
+                              footprint=(hx, hy))
+                    bx, by = place(centre, 0.2)
+                    bhx, bhy = halves(extent, 0.2)
+                    back = seat + rng.uniform(0.3, 0.5)
+                    self._add(builder, rng, W.BOX, FABRIC, (bhx, bhy, back / 2),
+                              (bx, by, back / 2))
+            elif kind == 'desk':
+                depth_m = rng.uniform(0.55, 0.9)
+                self._add_table(builder, rng, *place(centre, depth_m), *halves(extent, depth_m))
+            a += extent + rng.uniform(0.0, 0.8)
+        # On the wall: a door, pictures, a window or a screen (thin boxes, off the floor).
+        for _ in range(int(rng.integers(1, 4))):
+            kind = rng.choice(['door', 'picture', 'window', 'screen'], p=[0.25, 0.4, 0.2, 0.15])
+            extent = {'door': 0.9, 'picture': rng.uniform(0.3, 1.2),
+                      'window': rng.uniform(0.8, 1.8), 'screen': rng.uniform(0.6, 1.4)}[kind]
+            tall = {'door': 2.05, 'picture': rng.uniform(0.3, 0.9),
+                    'window': rng.uniform(0.8, 1.5), 'screen': rng.uniform(0.4, 0.9)}[kind]
+            bottom = 0.0 if kind == 'door' else min(rng.uniform(0.8, 1.4), height - tall - 0.1)
+            if span < extent + 0.2:
+                continue
+            centre = rng.uniform(extent / 2 + 0.1, span - extent / 2 - 0.1)
+            thick = {'door': 0.04, 'picture': 0.03, 'window': 0.02, 'screen': 0.06}[kind]
+            x, y = place(centre, thick)
+            hx, hy = halves(extent, thick)
+            material = {'door': DOOR, 'picture': PICTURE, 'window': WINDOW,
+                        'screen': SCREEN}[kind]
+            self._add(builder, rng, W.BOX, material, (hx, hy, tall / 2),
+                      (x, y, bottom + tall / 2))
+
+    def _add_table(self, builder, rng, x, y, hx, hy):
+        """A table or desk: top, four legs, open space below and a few things on top."""
+        top = rng.uniform(0.7, 0.78)
+        if not self._clear(x, y, hx, hy):
+            return
+        self._footprints.append((x, y, hx, hy))
+        material = WOOD if rng.random() < 0.6 else PAINTED
+        self._add(builder, rng, W.BOX, material, (hx, hy, 0.02), (x, y, top - 0.02))
+        leg = 0.025
+        for sx in (-1, 1):
+            for sy in (-1, 1):
+                self._add(builder, rng, W.BOX, METAL if rng.random() < 0.5 else material,
+                          (leg, leg, (top - 0.04) / 2),
+                          (x + sx * (hx - 0.05), y + sy * (hy - 0.05), (top - 0.04) / 2))
+        self._add_clutter(builder, rng, x, y, hx, hy, top)
+
+    def _add_clutter(self, builder, rng, x, y, hx, hy, top):
+        """Monitors, books, boxes, cups and plants standing on a surface at height `top`."""
+        for _ in range(int(rng.integers(0, 5))):
+            px = x + rng.uniform(-0.8, 0.8) * max(hx - 0.1, 0.0)
+            py = y + rng.uniform(-0.8, 0.8) * max(hy - 0.1, 0.0)
+            kind = rng.choice(['monitor', 'box', 'cup', 'plant'])
+            if kind == 'monitor':
+                w, h = rng.uniform(0.25, 0.35), rng.uniform(0.18, 0.3)
+                yaw = rng.uniform(0, 2 * math.pi)
+                self._add(builder, rng, W.BOX, SCREEN, (w, 0.02, h), (px, py, top + 0.08 + h),
+                          yaw=yaw)
+            elif kind == 'box':
+                half = rng.uniform(0.04, 0.2, 3)
+                material = rng.choice([PAINTED, BOOKS, WOOD])
+                self._add(builder, rng, W.BOX, material, tuple(half), (px, py, top + half[2]),
+                          yaw=rng.uniform(0, 2 * math.pi))
+            elif kind == 'cup':
+                r, h = rng.uniform(0.03, 0.08), rng.uniform(0.04, 0.12)
+                self._add(builder, rng, W.CYLINDER, PAINTED, (r, r, h), (px, py, top + h))
+            else:
+                r = rng.uniform(0.06, 0.12)
+                self._add(builder, rng, W.CYLINDER, PAINTED, (r, r, r), (px, py, top + r))
+                self._add(builder, rng, W.SPHERE, PLANT, (1.6 * r, 1.6 * r, 2 * r),
+                          (px, py, top + 2.6 * r))
+
+    def _add_free_standing(self, builder, rng):
+        """Tables with chairs, boxes, bins, plants and floor lamps away from the walls."""
+        width, length, _ = self.size
+        for _ in range(int(rng.integers(2, 9))):
+            x, y = rng.uniform(0.3, width - 0.3), rng.uniform(0.3, length - 0.3)
+            kind = rng.choice(['table', 'chair', 'box', 'bin', 'plant', 'lamp'])
+            if kind == 'table':
+                self._add_table(builder, rng, x, y, rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.6))
+            elif kind == 'chair':
+                half = rng.uniform(0.2, 0.25)
+                seat = rng.uniform(0.42, 0.5)
+                if self._clear(x, y, half, half):
+                    self._footprints.append((x, y, half, half))
+                    material = rng.choice([WOOD, FABRIC, PAINTED])
+                    self._add(builder, rng, W.BOX, material, (half, half, 0.03),
+                              (x, y, seat - 0.03))
+                    self._add(builder, rng, W.BOX, METAL, (0.02, 0.02, (seat - 0.06) / 2),
+                              (x, y, (seat - 0.06) / 2))
+                    side = rng.choice([-1.0, 1.0])
+                    self._add(builder, rng, W.BOX, material, (half, 0.02, 0.22),
+                              (x, y + side * (half - 0.02), seat + 0.22))
+            elif kind in ('box', 'bin'):
+                half = rng.uniform(0.1, 0.4, 3)
+                shape = W.BOX if kind == 'box' else W.CYLINDER
+                if shape == W.CYLINDER:
+                    half[1] = half[0]
+                if self._clear(x, y, half[0], half[1]):
+                    self._footprints.append((x, y, half[0], half[1]))
+                    self._add(builder, rng, shape, rng.choice([PAINTED, WOOD, METAL]),
+                              tuple(half), (x, y, half[2]))
+            elif kind == 'plant':
+                r = rng.uniform(0.12, 0.25)
+                if self._clear(x, y, 1.6 * r, 1.6 * r):
+                    self._footprints.append((x, y, 1.6 * r, 1.6 * r))
+                    self._add(builder, rng, W.CYLINDER, PAINTED, (r, r, r), (x, y, r))
+                    self._add(builder, rng, W.SPHERE, PLANT, (1.6 * r, 1.6 * r, 2.2 * r),
+                              (x, y, 3.0 * r))
+            else:
+                if self._clear(x, y, 0.25, 0.25):
+                    self._footprints.append((x, y, 0.25, 0.25))
+                    tall = rng.uniform(1.3, 1.8)
+                    self._add(builder, rng, W.CYLINDER, METAL, (0.02, 0.02, tall / 2),
+                              (x, y, tall / 2))
+                    self._add(builder, rng, W.CYLINDER, FABRIC, (0.2, 0.2, 0.15),
+                              (x, y, tall + 0.1))
+
+    def _add(self, builder, rng, shape, material, half, pos, yaw=0.0, footprint=None):
+        if footprint is not None:
+            self._footprints.append((pos[0], pos[1], *footprint))
+        builder.add(shape, material, half, float(yaw), tuple(float(v) for v in pos),
+                    color_index=int(rng.integers(1 << 16)), seed=int(rng.integers(1 << 16)),
+                    params=(rng.random(), rng.random(), rng.random()))
+
+    # ------------------------------------------------------------------ motion
+    def object_poses(self, t: float):
+        """Yaw (M,) and position (M, 3) of every object: a room's objects stand still."""
+        return self.objects.yaw.copy(), self.objects.pos.copy(), self.objects.s.copy()
+
+    def camera_pose(self, t: float) -> np.ndarray:
+        return self.path.pose(t)
+
+
+# --------------------------------------------------------------------- ray casting
+def _shell(size, origin, rays):
+    """Inside of the room box: (t, face) of each ray's exit (rays have camera-z = 1)."""
+    t_best = np.full(rays.shape[0], np.inf)
+    face = np.zeros(rays.shape[0], dtype=np.int8)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        for axis, (low_face, high_face) in enumerate(((WALL_X0, WALL_X1), (WALL_Y0, WALL_Y1),
+                                                      (FLOOR, CEILING))):
+            d = rays[:, axis]
+            t = np.where(d > 0, (size[axis] - origin[axis]) / d,
+                         np.where(d < 0, (0.0 - origin[axis]) / d, np.inf))
+            closer = t < t_best
+            t_best[closer] = t[closer]
+            face[closer] = np.where(d[closer] > 0, high_face, low_face)
+    return t_best, face
+
+
+def cast_room(world: RoomWorld, t: float, K: np.ndarray, height: int, width: int) -> W.Geometry:
+    """Exact visibility for the camera at time t in the room (see world.cast)."""
+    pose = world.camera_pose(t)
+    origin = pose[:3, 3]
+    rays_img = W.pixel_rays(K, pose, height, width)                 # (H, W, 3)
+    rays = rays_img.reshape(-1, 3)                                   # (N, 3)
+    depth, face = _shell(world.size, origin, rays)
+    obj = np.full(depth.size, W.TERRAIN_ID, dtype=np.int32)
+    yaw, pos, _ = world.object_poses(t)
+    W.cast_objects(world.objects, np.arange(len(world.objects.kind)), yaw, pos, pose, K,
+                   rays_img, world.config.far_m, depth, obj, face)
+    shell_normal = _SHELL_NORMALS[np.clip(face, 0, 5)]
+    return W.surface_geometry(world.objects, yaw, pos, pose, K, t, height, width, rays, depth,
+                              obj, face, shell_normal)
+
+
+# --------------------------------------------------------------------- shading
+def _color(palette, keys) -> np.ndarray:
+    """A palette colour per pixel, picked by an integer key (object colour index)."""
+    table = np.asarray(palette, dtype=np.float32)
+    return table[np.asarray(keys) % len(table)]
+
+
+def _face_uv(local, face):
+    """Surface coordinates (metres) on an axis-aligned face: the two axes it spans."""
+    axis = np.clip(face, 0, 5) // 2                 # 0: x faces, 1: y faces, 2: z faces
+    u = np.where(axis == 0, local[:, 1], local[:, 0])
+    v = np.where(axis == 2, local[:, 1], local[:, 2])
+    return u, v
+
+
+class RoomShader:
+    """Linear RGB of a room Geometry: per-material albedo, lamps, ambient light, emitters."""
+
+    def __init__(self, world: RoomWorld):
+        self.world = world
+        self.look = world.look
+
+    def shade(self, g: W.Geometry) -> np.ndarray:
+        n = g.depth.size
+        albedo = np.zeros((n, 3), dtype=np.float32)
+        emission = np.zeros((n, 3), dtype=np.float32)
+        fp = g.footprint.astype(np.float32)
+        shell = np.flatnonzero(g.obj == W.TERRAIN_ID)
+        if shell.size:
+            albedo[shell] = self._shell(g, shell, fp[shell])
+        objects = self.world.objects
+        idx = np.flatnonzero(g.obj >= 0)
+        if idx.size:
+            albedo[idx], emission[idx] = self._objects(g, idx, fp[idx], objects)
+        return albedo * self._lighting(g) + emission
+
+    def _shell(self, g, idx, fp):
+        look = self.look
+        p = g.point[idx]
+        face = g.face[idx]
+        out = np.empty((idx.size, 3), dtype=np.float32)
+        wall = face < FLOOR
+        w = np.flatnonzero(wall)
+        if w.size:
+            u = np.where(face[w] < WALL_Y0, p[w, 1], p[w, 0])
+            z = p[w, 2]
+            color = np.tile(np.asarray(look.wall_color, np.float32), (w.size, 1))
+            if look.accent_wall >= 0:
+                color[face[w] == look.accent_wall] = np.asarray(look.accent_color, np.float32)
+            shade = 1.0 + 0.04 * fbm(u, z, fp[w], 2.0, seed=self.world.seed)
+            if look.wallpaper_period > 0:
+                shade += 0.06 * (periodic_box(u / look.wallpaper_period, 0.0, 0.5,
+                                              fp[w] / look.wallpaper_period) - 0.5)
+            color *= shade[:, None]
+            skirting = box(z, -1.0, 0.08, fp[w])
+            out[w] = color + (np.asarray(look.skirting_color, np.float32) - color) * \
+                skirting[:, None]
+        f = np.flatnonzero(face == FLOOR)
+        if f.size:
+            out[f] = self._floor(p[f, 0], p[f, 1], fp[f])
+        c = np.flatnonzero(face == CEILING)
+        if c.size:
+            out[c] = np.asarray(look.ceiling_color, np.float32) * (
+                1.0 + 0.02 * fbm(p[c, 0], p[c, 1], fp[c], 1.5, seed=3))[:, None]
+        return out
+
+    def _floor(self, x, y, fp):
+        look = self.look
+        base = np.asarray(look.floor_color, np.float32)
+        period = look.floor_period
+        if look.floor_kind == 0:     # planks along y, staggered joints, grain along the plank
+            plank = np.floor(x / period)
+            offset = hash01(plank.astype(np.int64), 7) * 2.0
+            board = np.floor((y + offset) / 1.2)
+            tone = 0.8 + 0.4 * hash01(plank.astype(np.int64), board.astype(np.int64))
+            grain = 0.08 * fbm(x * 6.0, y * 0.5, fp * 6.0, 3.0, seed=plank % 17)
+            joint = 1.0 - 0.35 * (1.0 - periodic_box(x / period, 0.03, 1.0, fp / period))
+            shade = (tone + grain) * joint
+        elif look.floor_kind == 1:   # tiles with grout lines
+            tile_x, tile_y = np.floor(x / period), np.floor(y / period)
+            tone = 0.9 + 0.2 * hash01(tile_x.astype(np.int64), tile_y.astype(np.int64))
+            grout = periodic_box(x / period, 0.02, 1.0, fp / period) * periodic_box(
+                y / period, 0.02, 1.0, fp / period)
+            shade = (tone + 0.03 * fbm(x, y, fp, 4.0, seed=5)) * (0.55 + 0.45 * grout)
+        else:                        # carpet
+            shade = 1.0 + 0.12 * fbm(x, y, fp, 12.0, octaves=3, seed=9)
+        return base * np.asarray(shade, np.float32)[:, None]
+
+    def _objects(self, g, idx, fp, objects):
+        oi = g.obj[idx]
+        kind = objects.kind[oi]
+        local = g.local[idx]
+        face = g.face[idx]
+        seed = objects.seed[oi]
+        params = objects.params[oi]
+        u, v = _face_uv(local, face)
+        albedo = np.zeros((idx.size, 3), dtype=np.float32)
+        emission = np.zeros((idx.size, 3), dtype=np.float32)
+        noise = fbm(u, v, fp, 6.0, seed=seed % 97)
+        for material in np.unique(kind):
+            sel = kind == material
+            key = objects.color_index[oi[sel]]
+            if material == WOOD:
+                grain = fbm(u[sel] * 8.0, v[sel], fp[sel] * 8.0, 2.0, seed=seed[sel] % 31)
+                albedo[sel] = _color(_WOOD_COLORS, key) * (1.0 + 0.15 * grain)[:, None]
+            elif material in (PAINTED, METAL):
+                palette = _PAINT_COLORS if material == PAINTED else ((0.55, 0.56, 0.58),
+                                                                      (0.25, 0.25, 0.27))
+                albedo[sel] = _color(palette, key) * (1.0 + 0.04 * noise[sel])[:, None]
+            elif material == FABRIC:
+                albedo[sel] = _color(_FABRIC_COLORS, key) * (1.0 + 0.1 * noise[sel])[:, None]
+            elif material == PLANT:
+                albedo[sel] = np.array([0.10, 0.28, 0.08], np.float32) * (
+                    1.0 + 0.35 * fbm(u[sel], v[sel], fp[sel], 12.0, seed=11))[:, None]
+            elif material == BOOKS:
+                # Shelves every ~0.35 m with rows of book spines of random colour and width.
+                row = np.floor(v[sel] / 0.35)
+                spine = np.floor(u[sel] / (0.025 + 0.03 * params[sel, 0]))
+                colors = _color(_PAINT_COLORS + _FABRIC_COLORS,
+                                (hash01(spine.astype(np.int64), row.astype(np.int64)) * 97)
+                                .astype(np.int64))
+                board = 1.0 - periodic_box(v[sel] / 0.35, 0.0, 0.9, fp[sel] / 0.35)
+                wood = _color(_WOOD_COLORS, key)
+                albedo[sel] = colors + (wood - colors) * board[:, None]
+            elif material == SCREEN:
+                albedo[sel] = 0.04
+                # The front shows a dim picture; the back and sides are a plastic case.
+                emission[sel] = (0.05 + 0.15 * params[sel, :3]) * (
+                    1.0 + 0.3 * fbm(u[sel], v[sel], fp[sel], 3.0, seed=seed[sel] % 13))[:, None]
+            elif material == PICTURE:
+                a = _color(_PAINT_COLORS, key)
+                b = _color(_FABRIC_COLORS, key // 7)
+                mix = np.clip(0.5 + fbm(u[sel], v[sel], fp[sel], 3.0, seed=seed[sel] % 41),
+                              0, 1)
+                albedo[sel] = a + (b - a) * mix[:, None]
+            elif material == WINDOW:
+                # Bright daylight through glass, with a frame and a cross bar.
+                half_u = np.maximum(objects.half[oi[sel], 0], objects.half[oi[sel], 1])
+                bars = 1.0 - box(np.abs(u[sel]), -1.0, 0.03, fp[sel]) - box(
+                    np.abs(v[sel]), -1.0, 0.03, fp[sel]) - box(
+                    np.abs(u[sel]), half_u - 0.05, half_u + 1.0, fp[sel])
+                albedo[sel] = 0.8
+                emission[sel] = (np.array([0.9, 0.95, 1.05], np.float32) * (
+                    1.2 + 0.3 * fbm(u[sel], v[sel], fp[sel], 0.8, seed=2)
+                )[:, None]) * np.clip(bars, 0, 1)[:, None]
+            elif material == DOOR:
+                panel = box(np.abs(v[sel]), 0.35, 0.45, fp[sel])
+                albedo[sel] = _color(_WOOD_COLORS + _PAINT_COLORS[:3], key) * (
+                    1.0 - 0.25 * panel + 0.05 * noise[sel])[:, None]
+            elif material == LIGHT:
+                albedo[sel] = 0.9
+                emission[sel] = 3.0
+        return albedo, emission
+
+    def _lighting(self, g) -> np.ndarray:
+        look = self.look
+        n = g.normal.astype(np.float32)
+        point = g.point.astype(np.float32)
+        light = np.full((n.shape[0], 1), look.ambient, dtype=np.float32) * (
+            0.75 + 0.25 * n[:, 2:3])
+        for lamp in look.lights:
+            to_lamp = np.asarray(lamp, np.float32) - point
+            dist = np.sqrt(np.sum(to_lamp * to_lamp, axis=1)) + 1e-3
+            lambert = np.clip(np.sum(n * to_lamp, axis=1) / dist, 0.0, None)
+            light += (look.light_intensity * lambert / (1.0 + (dist / 2.5) ** 2))[:, None]
+        # Contact darkening where walls and furniture meet the floor (cheap ambient occlusion).
+        vertical = 1.0 - np.abs(n[:, 2])
+        light *= (1.0 - 0.3 * vertical * np.exp(-np.maximum(point[:, 2], 0) / 0.3))[:, None]
+        return light
+
+
+# --------------------------------------------------------------------- renderer
+def room_config(config: DomainConfig, seed: int) -> DomainConfig:
+    """The domain's look with this room's camera and colour balance: every room has its own
+    field of view (wide robot cameras to Kinect-like 58 degrees) and white balance."""
+    rng = W._rng(seed, 43)
+    tint = rng.uniform(0.9, 1.1, 3)
+    return dataclasses.replace(config, focal_x_frac=float(rng.uniform(0.5, 0.95)),
+                               exposure=float(config.exposure * rng.uniform(0.8, 1.25)),
+                               tint=tuple(float(v) for v in tint / tint.mean()))
+
+
+class RoomRenderer:
+    """Renders frames of one (seed, size) room walk; the street Renderer's interface."""
+
+    def __init__(self, domain: DomainConfig, num_frames: int, height: int, width: int,
+                 seed: int = 0, fps: float = 10.0):
+        from structflow_ros.data.synthetic.render import _check_args
+        _check_args(num_frames, height, width, fps)
+        self.config = room_config(domain, seed)
+        self.domain = domain.name
+        self.num_frames = int(num_frames)
+        self.height, self.width = int(height), int(width)
+        self.seed = int(seed)
+        self.fps = float(fps)
+        self.world = RoomWorld(self.config, self.seed, (self.num_frames + 1) / self.fps)
+        self.K = intrinsics(self.config, self.height, self.width)
+        self.shader = RoomShader(self.world)
+
+    def time_of(self, index: int) -> float:
+        return index / self.fps
+
+    def stamp_of(self, index: int) -> int:
+        from structflow_ros.data.synthetic.render import STAMP_BASE_NS
+        return STAMP_BASE_NS + round(index * 1e9 / self.fps)
+
+    def cast(self, index: int) -> W.Geometry:
+        return cast_room(self.world, self.time_of(index), self.K, self.height, self.width)
+
+    def frames(self, start: int = 0, stop: Optional[int] = None) -> Iterator:
+        from structflow_ros.data.synthetic.render import SyntheticFrame, flow_between
+        stop = self.num_frames if stop is None else min(int(stop), self.num_frames)
+        if not 0 <= start < stop:
+            return
+        h, w = self.height, self.width
+        nxt = self.cast(start)
+        for index in range(start, stop):
+            g = nxt
+            nxt = self.cast(index + 1)
+            rgb = grade(self.shader.shade(g), self.config, h, w)
+            flow, valid, moving = flow_between(self.world, g, nxt)
+            yield SyntheticFrame(
+                rgb=rgb, depth=g.depth.astype(np.float32).reshape(h, w),
+                depth_valid=np.ones((h, w), dtype=bool), flow=flow.reshape(h, w, 2),
+                flow_valid=valid.reshape(h, w), occlusion=~valid.reshape(h, w),
+                moving=moving.reshape(h, w), K=self.K.copy(), pose_c2w=g.pose_c2w.copy(),
+                stamp_ns=self.stamp_of(index), index=index, domain=self.domain)

@@ -1,0 +1,109 @@
+"""The indoor room domain (data/synthetic/room.py): exact ground truth, a camera that stays in
+the room and clear of furniture, variety across seeds, and its use as finetuning data."""
+import numpy as np
+import torch
+import pytest
+
+from structflow_ros.data.synthetic import get_domain, open_renderer, render_sequence
+from structflow_ros.data.synthetic import room as R
+from structflow_ros.training import datasets
+
+from test_synthetic import _static_flow, _warp_back
+
+
+@pytest.fixture(scope='module')
+def room_frames():
+    return list(render_sequence('room', 4, 96, 128, seed=3))
+
+
+def test_room_frames_have_dense_depth_inside_the_room(room_frames):
+    renderer = open_renderer('room', 4, 96, 128, seed=3)
+    assert isinstance(renderer, R.RoomRenderer)
+    width, length, height = renderer.world.size
+    diagonal = float(np.sqrt(width ** 2 + length ** 2 + height ** 2))
+    for frame in room_frames:
+        # A closed room: every pixel hits a surface, nearer than the room's diagonal.
+        assert frame.depth_valid.all()
+        assert 0.05 < frame.depth.min() and frame.depth.max() < diagonal
+        assert frame.domain == 'room'
+        position = frame.pose_c2w[:3, 3]
+        assert 0 < position[0] < width and 0 < position[1] < length
+        assert 0.25 < position[2] < 1.75
+
+
+def test_room_static_flow_is_exact_and_warps_the_next_frame(room_frames):
+    for f0, f1 in zip(room_frames[:-1], room_frames[1:]):
+        valid = f0.flow_valid
+        assert valid.mean() > 0.5 and not f0.moving.any()
+        error = np.linalg.norm(_static_flow(f0, f1) - f0.flow, axis=-1)
+        assert error[valid].max() < 0.05
+        warped = _warp_back(f1.rgb, f0.flow).astype(np.float64)
+        warped_error = np.abs(warped - f0.rgb).mean(axis=-1)[valid].mean()
+        unwarped_error = np.abs(f1.rgb.astype(np.float64) - f0.rgb).mean(axis=-1)[valid].mean()
+        assert unwarped_error > 2.0, 'the camera must move between frames'
+        assert warped_error < 0.4 * unwarped_error
+
+
+def test_the_camera_never_comes_within_20_cm_of_an_object():
+    for seed in range(6):
+        world = R.RoomWorld(get_domain('room'), seed, 30.0)
+        objects = world.objects
+        assert (objects.kind != R.LIGHT).sum() >= 6, 'a room has furniture'
+        cos, sin = np.cos(objects.yaw), np.sin(objects.yaw)
+        for t in np.linspace(0.0, 30.0, 121):
+            rel = world.camera_pose(t)[:3, 3] - objects.pos            # (M, 3)
+            # The camera in each object's frame (rotate by -yaw), against its box + 20 cm.
+            local = np.stack([cos * rel[:, 0] + sin * rel[:, 1],
+                              -sin * rel[:, 0] + cos * rel[:, 1], rel[:, 2]], axis=1)
+            near = np.all(np.abs(local) < objects.half + 0.2, axis=1)
+            assert not near.any(), (seed, t, np.flatnonzero(near))
+
+
+def test_rooms_differ_by_seed_and_repeat_with_it():
+    a = list(render_sequence('room', 2, 48, 64, seed=1))
+    b = list(render_sequence('room', 2, 48, 64, seed=1))
+    assert np.array_equal(a[1].rgb, b[1].rgb) and np.array_equal(a[1].depth, b[1].depth)
+    focals, medians = set(), []
+    for seed in range(10):
+        frame = next(render_sequence('room', 1, 48, 64, seed=seed))
+        focals.add(round(float(frame.K[0, 0]), 3))
+        medians.append(float(np.median(frame.depth)))
+    assert len(focals) == 10, 'every room has its own field of view'
+    # Small rooms and large halls: the typical depth changes with the room.
+    assert max(medians) > 2 * min(medians)
+
+
+def test_room_specs_feed_the_finetuning_data():
+    spec = datasets.SyntheticSpec.parse('synthetic:room:6:4')
+    sequence = datasets.render_synthetic(spec, 64, 96)
+    dataset = datasets.DepthPairDataset([sequence], None, seed=0)
+    sample = next(iter(dataset))
+    assert sample['frame0'].shape == (3, 64, 96)
+    assert bool(sample['depth_valid'].all())
+    assert float(sample['depth_gt'].max()) < 15.0
+
+
+def test_depth_jitter_changes_colours_alike_and_keeps_the_ground_truth():
+    from structflow_ros.data.pairs import jitter_tensors
+    sequence = datasets.render_synthetic(datasets.SyntheticSpec.parse('synthetic:room:6:5'),
+                                         64, 96)
+    # No flips: the jitter's random draws then cannot shift the flips of later samples.
+    plain = datasets.DepthPairDataset([sequence], None, seed=3, flip=False)
+    jittered = datasets.DepthPairDataset([sequence], None, seed=3, flip=False,
+                                         jitter=datasets.DEPTH_JITTER)
+    changed = 0
+    for a, b in zip(plain, jittered):
+        # Same pairs and ground truth; only the colours differ (about half the samples).
+        assert torch.equal(a['depth_gt'], b['depth_gt']) and torch.equal(a['K'], b['K'])
+        changed += int(not torch.equal(a['frame0'], b['frame0']))
+        assert 0.0 <= float(b['frame0'].min()) and float(b['frame0'].max()) <= 1.0
+    assert 0 < changed < 5
+    # One map for every frame of a sample: equal inputs stay equal; contrast can drop to 0.4x.
+    frame = plain._sample(sequence[0], sequence[1], True, None)['frame0']
+    rng = np.random.default_rng(0)
+    stds = []
+    for _ in range(200):
+        out0, out1 = jitter_tensors([frame, frame.clone()], rng, datasets.DEPTH_JITTER)
+        assert torch.equal(out0, out1)
+        stds.append(float(out0.std() / frame.std()))
+    assert min(stds) < 0.55 and max(stds) > 1.2
