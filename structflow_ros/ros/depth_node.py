@@ -511,6 +511,21 @@ class DepthNode(Node):
         return super().destroy_node()
 
 
+def _ignore_further_interrupts():
+    """Ignore SIGINT from now on, even when a pending interrupt lands in this very call.
+
+    A KeyboardInterrupt can be raised inside `signal.signal` itself (CI caught one there: exit
+    -2 on Ctrl-C of a launch). Once the call has returned, interrupts still pending are dropped,
+    since Python skips tripped signals whose handler is SIG_IGN.
+    """
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
 def main(args=None):
     """Entry point of `ros2 run structflow depth_node`; returns the process exit code."""
     rclpy.init(args=args)
@@ -536,7 +551,7 @@ def main(args=None):
         # KeyboardInterrupt at a random later point: ignore further SIGINTs while the threads
         # stop, or that interrupt lands in a join and the node dies with a traceback.
         # (`ros2 launch` escalates to SIGTERM if a node does not stop.)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _ignore_further_interrupts()
         executor.remove_node(node)
         node.destroy_node()
         executor.shutdown()
