@@ -411,7 +411,9 @@ def test_compressed_input_side_by_side_and_clean_restart(node_a, dds):
                 truncated = make_image_msg(rgb, 'jpeg', client.new_header()).data[:200]
                 publish_until_counted(client, publisher, compressed('jpeg', truncated),
                                       'corrupt', process)
-                assert 'no end-of-image marker' in process.output()
+                # The log line may reach the node's log file after /diagnostics counted it.
+                wait_until(lambda: 'no end-of-image marker' in process.output(), 10.0,
+                           'the corrupt-frame log line', process)
                 # Cut, then closed with an end marker: libjpeg would fill the rest grey.
                 whole = bytes(make_image_msg(rgb, 'jpeg', client.new_header()).data)
                 closed = whole[:len(whole) // 2] + b'\xff\xd9'
