@@ -20,14 +20,14 @@ render.flow_between, so depth, flow and occlusion follow exactly the conventions
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import numpy as np
 
 from structflow_ros.data.synthetic import world as W
 from structflow_ros.data.synthetic.camera import camera_rotation, intrinsics
 from structflow_ros.data.synthetic.domains import DomainConfig
-from structflow_ros.data.synthetic.shading import box, fbm, grade, hash01, periodic_box
+from structflow_ros.data.synthetic.render import Renderer, _check_args
+from structflow_ros.data.synthetic.shading import box, fbm, hash01, periodic_box
 
 # Materials of room objects (ObjectTable.kind).
 WOOD, PAINTED, FABRIC, SCREEN, PICTURE, WINDOW, DOOR, LIGHT, PLANT, METAL, BOOKS = range(11)
@@ -593,12 +593,12 @@ def room_config(config: DomainConfig, seed: int) -> DomainConfig:
                                tint=tuple(float(v) for v in tint / tint.mean()))
 
 
-class RoomRenderer:
-    """Renders frames of one (seed, size) room walk; the street Renderer's interface."""
+class RoomRenderer(Renderer):
+    """Renders frames of one (seed, size) room walk: the street Renderer with a room's world,
+    cast and shader (frames, stamps and ground truth come from Renderer)."""
 
     def __init__(self, domain: DomainConfig, num_frames: int, height: int, width: int,
                  seed: int = 0, fps: float = 10.0):
-        from structflow_ros.data.synthetic.render import _check_args
         _check_args(num_frames, height, width, fps)
         self.config = room_config(domain, seed)
         self.domain = domain.name
@@ -610,31 +610,5 @@ class RoomRenderer:
         self.K = intrinsics(self.config, self.height, self.width)
         self.shader = RoomShader(self.world)
 
-    def time_of(self, index: int) -> float:
-        return index / self.fps
-
-    def stamp_of(self, index: int) -> int:
-        from structflow_ros.data.synthetic.render import STAMP_BASE_NS
-        return STAMP_BASE_NS + round(index * 1e9 / self.fps)
-
     def cast(self, index: int) -> W.Geometry:
         return cast_room(self.world, self.time_of(index), self.K, self.height, self.width)
-
-    def frames(self, start: int = 0, stop: Optional[int] = None) -> Iterator:
-        from structflow_ros.data.synthetic.render import SyntheticFrame, flow_between
-        stop = self.num_frames if stop is None else min(int(stop), self.num_frames)
-        if not 0 <= start < stop:
-            return
-        h, w = self.height, self.width
-        nxt = self.cast(start)
-        for index in range(start, stop):
-            g = nxt
-            nxt = self.cast(index + 1)
-            rgb = grade(self.shader.shade(g), self.config, h, w)
-            flow, valid, moving = flow_between(self.world, g, nxt)
-            yield SyntheticFrame(
-                rgb=rgb, depth=g.depth.astype(np.float32).reshape(h, w),
-                depth_valid=np.ones((h, w), dtype=bool), flow=flow.reshape(h, w, 2),
-                flow_valid=valid.reshape(h, w), occlusion=~valid.reshape(h, w),
-                moving=moving.reshape(h, w), K=self.K.copy(), pose_c2w=g.pose_c2w.copy(),
-                stamp_ns=self.stamp_of(index), index=index, domain=self.domain)
