@@ -11,9 +11,10 @@ from structflow_ros.training import datasets
 from test_synthetic import _static_flow, _warp_back
 
 
-@pytest.fixture(scope='module')
-def room_frames():
-    return list(render_sequence('room', 4, 96, 128, seed=3))
+@pytest.fixture(scope='module', params=['room', 'desk'])
+def room_frames(request):
+    # Both room cameras: the walk around the room and the workspace circling a table.
+    return list(render_sequence(request.param, 4, 96, 128, seed=3))
 
 
 def test_room_frames_have_dense_depth_inside_the_room(room_frames):
@@ -25,7 +26,7 @@ def test_room_frames_have_dense_depth_inside_the_room(room_frames):
         # A closed room: every pixel hits a surface, nearer than the room's diagonal.
         assert frame.depth_valid.all()
         assert 0.05 < frame.depth.min() and frame.depth.max() < diagonal
-        assert frame.domain == 'room'
+        assert frame.domain in ('room', 'desk')
         position = frame.pose_c2w[:3, 3]
         assert 0 < position[0] < width and 0 < position[1] < length
         assert 0.25 < position[2] < 1.75
@@ -44,9 +45,10 @@ def test_room_static_flow_is_exact_and_warps_the_next_frame(room_frames):
         assert warped_error < 0.4 * unwarped_error
 
 
-def test_the_camera_never_comes_within_20_cm_of_an_object():
+@pytest.mark.parametrize('domain', ['room', 'desk'])
+def test_the_camera_never_comes_within_20_cm_of_an_object(domain):
     for seed in range(6):
-        world = R.RoomWorld(get_domain('room'), seed, 30.0)
+        world = R.RoomWorld(get_domain(domain), seed, 30.0)
         objects = world.objects
         assert (objects.kind != R.LIGHT).sum() >= 6, 'a room has furniture'
         cos, sin = np.cos(objects.yaw), np.sin(objects.yaw)
@@ -107,3 +109,50 @@ def test_depth_jitter_changes_colours_alike_and_keeps_the_ground_truth():
         assert torch.equal(out0, out1)
         stds.append(float(out0.std() / frame.std()))
     assert min(stds) < 0.55 and max(stds) > 1.2
+
+
+def test_desk_camera_circles_a_cluttered_table_at_arms_length():
+    inward_seen = 0
+    for seed in range(8):
+        renderer = open_renderer('desk', 30, 48, 64, seed=seed)
+        world = renderer.world
+        assert isinstance(world.path, R.WorkspaceCameraPath)
+        cx, cy = world.path.centre
+        objects = world.objects
+        # The work table stands at the path's centre with at least 4 things on its top.
+        top = [i for i in range(len(objects.kind)) if objects.kind[i] in (R.WOOD, R.PAINTED)
+               and abs(objects.pos[i, 0] - cx) < 1e-9 and abs(objects.pos[i, 1] - cy) < 1e-9
+               and objects.half[i, 2] == pytest.approx(0.02)]
+        assert len(top) == 1, 'one work table at the centre'
+        table_top = objects.pos[top[0], 2] + 0.02
+        half_x, half_y = objects.half[top[0], :2]
+        on_table = ((np.abs(objects.pos[:, 0] - cx) < half_x) &
+                    (np.abs(objects.pos[:, 1] - cy) < half_y) &
+                    (objects.pos[:, 2] > table_top))
+        assert on_table.sum() >= 4
+        for index in range(0, 30, 10):
+            pose = world.camera_pose(renderer.time_of(index))
+            assert 0.8 < pose[2, 3] < 1.75, 'a hand-held height above the table'
+            if world.path.inward:
+                # Looking in: the table's centre is in the picture, less than 2.5 m away.
+                centre = np.array([cx, cy, table_top])
+                in_camera = pose[:3, :3].T @ (centre - pose[:3, 3])
+                u, v = (renderer.K @ in_camera)[:2] / in_camera[2]
+                assert 0 < in_camera[2] < 2.5
+                assert 0 <= u < 64 and 0 <= v < 48
+        inward_seen += int(world.path.inward)
+    assert 0 < inward_seen < 8, 'seeds look both in at the table and out at the walls'
+
+
+def test_desk_views_are_nearer_than_walks_in_the_same_rooms_and_the_camera_is_checked():
+    desk = [float(np.median(next(render_sequence('desk', 1, 48, 64, seed=s)).depth))
+            for s in range(6)]
+    walk = [float(np.median(next(render_sequence('room', 1, 48, 64, seed=s)).depth))
+            for s in range(6)]
+    # Same rooms (same seeds), a closer view: a workspace is seen from arm's length.
+    assert np.median(desk) < np.median(walk)
+    assert max(desk) < 3.5
+    # The option is checked: a typo names the valid cameras.
+    import dataclasses
+    with pytest.raises(ValueError, match="valid: 'walk', 'workspace'"):
+        R.RoomWorld(dataclasses.replace(get_domain('room'), room_camera='orbit'), 0, 5.0)

@@ -22,6 +22,10 @@ class DomainConfig:
     # What the camera moves through: 'street' (world.py, a car on a road) or 'room' (room.py,
     # a robot or a hand-held camera indoors; it draws its own field of view per room).
     scene: str = 'street'
+    # How a room's camera moves (scene 'room' only): 'walk' loops around the room looking
+    # where it goes; 'workspace' circles a work table at arm's length, looking at the table or
+    # out at the furniture along the walls (a hand-held camera, a manipulator's wrist camera).
+    room_camera: str = 'walk'
     # Camera. fx = fy = focal_x_frac * width: 0.58 is KITTI's ratio (fx 721 px at 1242 wide),
     # so 640x192 renders look like the monodepth2 input.
     focal_x_frac: float = 0.58
@@ -134,6 +138,12 @@ DOMAINS: Dict[str, DomainConfig] = {
     'room': DomainConfig(
         name='room', scene='room', camera_height_m=1.0, camera_pitch_deg=10.0,
         speed_mps=0.5, fog_density=0.0, saturation=0.95, contrast=1.0, exposure=1.1),
+    # The same rooms seen up close: the camera circles a cluttered table in the room's middle,
+    # 0.9-1.7 m high, looking down at it or out at the walls' desks and shelves 1-3 m away.
+    'desk': DomainConfig(
+        name='desk', scene='room', room_camera='workspace', camera_height_m=1.3,
+        camera_pitch_deg=30.0, speed_mps=0.3, fog_density=0.0, saturation=0.95, contrast=1.0,
+        exposure=1.1),
 }
 
 

@@ -9,9 +9,12 @@ than it travels.
 
 Layout (world frame as the street's: z up, metres): the room spans x in [0, width], y in
 [0, length], z in [0, height]. The camera walks a smooth ellipse around the room's centre and
-looks around (RoomCameraPath); furniture is only placed where it stays clear of that path, so
-the camera never enters an object. Each seed draws its own room size, furniture, materials,
-lights, camera height and field of view.
+looks around (RoomCameraPath, domain 'room'), or circles a cluttered work table in the room's
+middle at arm's length, looking down at it or out at the walls' furniture (WorkspaceCameraPath,
+domain 'desk'); furniture is only placed where it stays clear of the path, so the camera never
+enters an object. Each seed draws its own room size, furniture, materials, lights, camera
+height and field of view; a 'desk' seed keeps the 'room' seed's size, materials, lights and
+field of view, and furnishes it around its own path.
 
 Objects reuse the street's shapes, ray tests and z-buffer (world.cast_objects); the shell is
 cast from the inside. Frames come out as the street's SyntheticFrame with flow from
@@ -120,6 +123,93 @@ class RoomCameraPath:
 
 
 @dataclass(frozen=True)
+class WorkspaceCameraPath:
+    """A hand-held or wrist camera circling a work table at arm's length (domain 'desk').
+
+    The camera walks an ellipse around the table's centre (0.9-1.6 m out, fitted to the room),
+    0.9-1.7 m high. Looking in, it aims at a point on the table top, so it looks down 20-55
+    degrees at the clutter with the far side of the room behind; looking out, it faces the
+    walls' desks, shelves and cabinets 1-3 m away, looking 10-35 degrees down. A slow swing of the
+    gaze and a hand's wobble ride on top.
+    """
+
+    centre: tuple
+    radii: tuple
+    omega: float
+    phase: float
+    direction: float
+    height: float
+    inward: bool
+    aim_height: float            # inward: the height of the point looked at (table top + a bit)
+    aim_offset: tuple            # inward: that point's offset from the table's centre (m)
+    pitch: float                 # outward: mean pitch (radians, > 0 looks down)
+    look_amp: float
+    look_omega: float
+    look_phase: float
+    pitch_amp: float
+    roll_amp: float
+    wobble_omega: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, size, table_top: float) -> 'WorkspaceCameraPath':
+        width, length, _ = size
+        inward = bool(rng.random() < 0.7)
+        # Inward, at least 0.6 m from the walls, so wall furniture can stand clear of the path;
+        # outward, 1.2 m (a camera facing a plain wall at arm's length sees nothing to learn),
+        # but never under 0.75 m from the table's centre.
+        wall_gap = 0.6 if inward else 1.2
+        ra = max(min(rng.uniform(0.9, 1.6), width / 2 - wall_gap), 0.75)
+        rb = max(min(rng.uniform(0.9, 1.6), length / 2 - wall_gap), 0.75)
+        speed = rng.uniform(0.1, 0.4)                         # m/s: a person walking round
+        return cls(centre=(width / 2, length / 2), radii=(ra, rb),
+                   omega=speed / math.sqrt(0.5 * (ra * ra + rb * rb)),
+                   phase=rng.uniform(0, 2 * math.pi), direction=float(rng.choice([-1.0, 1.0])),
+                   height=rng.uniform(0.9, 1.7), inward=inward,
+                   aim_height=table_top + rng.uniform(0.0, 0.25),
+                   aim_offset=(rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15)),
+                   pitch=math.radians(rng.uniform(10.0, 35.0)),
+                   look_amp=rng.uniform(0.0, 0.4), look_omega=rng.uniform(0.1, 0.4),
+                   look_phase=rng.uniform(0, 2 * math.pi),
+                   pitch_amp=math.radians(rng.uniform(1.0, 5.0)),
+                   roll_amp=math.radians(rng.uniform(0.0, 4.0)),
+                   wobble_omega=rng.uniform(0.8, 2.0))
+
+    def _phase(self, t):
+        return self.phase + self.direction * self.omega * t
+
+    def position(self, t) -> np.ndarray:
+        p = self._phase(t)
+        return np.array([self.centre[0] + self.radii[0] * math.cos(p),
+                         self.centre[1] + self.radii[1] * math.sin(p),
+                         self.height + 0.03 * math.sin(self.wobble_omega * 2.3 * t)])
+
+    def xy_samples(self) -> np.ndarray:
+        """(S, 2) points of the whole loop, for keeping objects off it."""
+        p = np.linspace(0.0, 2 * math.pi, _PATH_SAMPLES, endpoint=False)
+        return np.stack([self.centre[0] + self.radii[0] * np.cos(p),
+                         self.centre[1] + self.radii[1] * np.sin(p)], axis=1)
+
+    def pose(self, t: float) -> np.ndarray:
+        position = self.position(t)
+        swing = self.look_amp * math.sin(self.look_omega * t + self.look_phase)
+        wobble = self.pitch_amp * math.sin(self.wobble_omega * t)
+        if self.inward:
+            to_aim = (self.centre[0] + self.aim_offset[0] - position[0],
+                      self.centre[1] + self.aim_offset[1] - position[1])
+            heading = math.atan2(to_aim[1], to_aim[0]) + swing
+            pitch = math.atan2(position[2] - self.aim_height, math.hypot(*to_aim)) + wobble
+        else:
+            heading = math.atan2(position[1] - self.centre[1],
+                                 position[0] - self.centre[0]) + swing
+            pitch = self.pitch + wobble
+        roll = self.roll_amp * math.sin(self.wobble_omega * 0.7 * t + 1.0)
+        pose = np.eye(4)
+        pose[:3, :3] = camera_rotation(heading, pitch, roll)
+        pose[:3, 3] = position
+        return pose
+
+
+@dataclass(frozen=True)
 class RoomLook:
     """Materials and lights of one room (drawn per seed)."""
 
@@ -148,12 +238,26 @@ class RoomWorld:
         rng = W._rng(seed, 40)
         # From a small bedroom (about 3 x 3 m) to an open office or a hall (8 x 12 m).
         self.size = (rng.uniform(2.8, 8.0), rng.uniform(3.2, 12.0), rng.uniform(2.4, 3.4))
-        self.path = RoomCameraPath.sample(rng, self.size)
+        workspace = config.room_camera == 'workspace'
+        if config.room_camera not in ('walk', 'workspace'):
+            raise ValueError(f"unknown room camera {config.room_camera!r}; "
+                             "valid: 'walk', 'workspace'")
+        if workspace:
+            # Its own random stream, so the 'walk' rooms stay exactly as they were.
+            rng_workspace = W._rng(seed, 44)
+            table_top = rng_workspace.uniform(0.7, 0.78)
+            self.path = WorkspaceCameraPath.sample(rng_workspace, self.size, table_top)
+        else:
+            self.path = RoomCameraPath.sample(rng, self.size)
         self.look = self._sample_look(W._rng(seed, 41))
         self._path_xy = self.path.xy_samples()
         builder = W._ObjectBuilder()
         self._footprints = []
         rng_objects = W._rng(seed, 42)
+        # Things on every table and low cabinet: 0-4 in a walk, 2-7 around a workspace.
+        self._clutter_counts = (2, 8) if workspace else (0, 5)
+        if workspace:
+            self._add_work_table(builder, rng_workspace, table_top)
         for wall in (WALL_X0, WALL_X1, WALL_Y0, WALL_Y1):
             self._furnish_wall(builder, rng_objects, wall)
         self._add_free_standing(builder, rng_objects)
@@ -275,9 +379,21 @@ class RoomWorld:
             self._add(builder, rng, W.BOX, material, (hx, hy, tall / 2),
                       (x, y, bottom + tall / 2))
 
-    def _add_table(self, builder, rng, x, y, hx, hy):
+    def _add_work_table(self, builder, rng, top):
+        """The table the workspace camera circles: as large as the path leaves room for (0.4 m
+        clear of it) and crowded with things."""
+        x, y = self.path.centre
+        hx, hy = rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.6)
+        clutter = int(rng.integers(4, 10))
+        # The path is an ellipse: shrink the table until its corners are clear of it too.
+        while not self._clear(x, y, hx, hy):
+            hx, hy = 0.9 * hx, 0.9 * hy
+        self._add_table(builder, rng, x, y, hx, hy, top=top, clutter=clutter)
+
+    def _add_table(self, builder, rng, x, y, hx, hy, top=None, clutter=None):
         """A table or desk: top, four legs, open space below and a few things on top."""
-        top = rng.uniform(0.7, 0.78)
+        if top is None:
+            top = rng.uniform(0.7, 0.78)
         if not self._clear(x, y, hx, hy):
             return
         self._footprints.append((x, y, hx, hy))
@@ -289,11 +405,12 @@ class RoomWorld:
                 self._add(builder, rng, W.BOX, METAL if rng.random() < 0.5 else material,
                           (leg, leg, (top - 0.04) / 2),
                           (x + sx * (hx - 0.05), y + sy * (hy - 0.05), (top - 0.04) / 2))
-        self._add_clutter(builder, rng, x, y, hx, hy, top)
+        self._add_clutter(builder, rng, x, y, hx, hy, top, count=clutter)
 
-    def _add_clutter(self, builder, rng, x, y, hx, hy, top):
-        """Monitors, books, boxes, cups and plants standing on a surface at height `top`."""
-        for _ in range(int(rng.integers(0, 5))):
+    def _add_clutter(self, builder, rng, x, y, hx, hy, top, count=None):
+        """Monitors, books, boxes, cups and plants standing on a surface at height `top`
+        (`count` of them, else as many as the room's clutter counts draw)."""
+        for _ in range(int(rng.integers(*self._clutter_counts)) if count is None else count):
             px = x + rng.uniform(-0.8, 0.8) * max(hx - 0.1, 0.0)
             py = y + rng.uniform(-0.8, 0.8) * max(hy - 0.1, 0.0)
             kind = rng.choice(['monitor', 'box', 'cup', 'plant'])
