@@ -23,6 +23,7 @@ render.flow_between, so depth, flow and occlusion follow exactly the conventions
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -75,6 +76,7 @@ class RoomCameraPath:
     pitch_amp: float
     roll_amp: float
     wobble_omega: float
+    bob_m: ClassVar[float] = 0.02  # the camera's up-and-down bob (m)
 
     @classmethod
     def sample(cls, rng: np.random.Generator, size) -> 'RoomCameraPath':
@@ -99,7 +101,7 @@ class RoomCameraPath:
         p = self._phase(t)
         x = self.centre[0] + self.radii[0] * math.cos(p)
         y = self.centre[1] + self.radii[1] * math.sin(p)
-        z = self.height + 0.02 * math.sin(self.wobble_omega * 2.3 * t)
+        z = self.height + self.bob_m * math.sin(self.wobble_omega * 2.3 * t)
         return np.array([x, y, z])
 
     def xy_samples(self) -> np.ndarray:
@@ -123,32 +125,22 @@ class RoomCameraPath:
 
 
 @dataclass(frozen=True)
-class WorkspaceCameraPath:
+class WorkspaceCameraPath(RoomCameraPath):
     """A hand-held or wrist camera circling a work table at arm's length (domain 'desk').
 
     The camera walks an ellipse around the table's centre (0.9-1.6 m out, fitted to the room),
     0.9-1.7 m high. Looking in, it aims at a point on the table top, so it looks down 20-55
     degrees at the clutter with the far side of the room behind; looking out, it faces the
-    walls' desks, shelves and cabinets 1-3 m away, looking 10-35 degrees down. A slow swing of the
-    gaze and a hand's wobble ride on top.
+    walls' desks, shelves and cabinets 1-3 m away, looking 10-35 degrees down. A slow swing of
+    the gaze and a hand's wobble ride on top. The loop itself (position, xy_samples) is the
+    walk's.
     """
 
-    centre: tuple
-    radii: tuple
-    omega: float
-    phase: float
-    direction: float
-    height: float
+    # `pitch` (inherited) is the outward gaze's mean pitch; inward, the aim point sets it.
     inward: bool
     aim_height: float            # inward: the height of the point looked at (table top + a bit)
     aim_offset: tuple            # inward: that point's offset from the table's centre (m)
-    pitch: float                 # outward: mean pitch (radians, > 0 looks down)
-    look_amp: float
-    look_omega: float
-    look_phase: float
-    pitch_amp: float
-    roll_amp: float
-    wobble_omega: float
+    bob_m: ClassVar[float] = 0.03
 
     @classmethod
     def sample(cls, rng: np.random.Generator, size, table_top: float) -> 'WorkspaceCameraPath':
@@ -173,21 +165,6 @@ class WorkspaceCameraPath:
                    pitch_amp=math.radians(rng.uniform(1.0, 5.0)),
                    roll_amp=math.radians(rng.uniform(0.0, 4.0)),
                    wobble_omega=rng.uniform(0.8, 2.0))
-
-    def _phase(self, t):
-        return self.phase + self.direction * self.omega * t
-
-    def position(self, t) -> np.ndarray:
-        p = self._phase(t)
-        return np.array([self.centre[0] + self.radii[0] * math.cos(p),
-                         self.centre[1] + self.radii[1] * math.sin(p),
-                         self.height + 0.03 * math.sin(self.wobble_omega * 2.3 * t)])
-
-    def xy_samples(self) -> np.ndarray:
-        """(S, 2) points of the whole loop, for keeping objects off it."""
-        p = np.linspace(0.0, 2 * math.pi, _PATH_SAMPLES, endpoint=False)
-        return np.stack([self.centre[0] + self.radii[0] * np.cos(p),
-                         self.centre[1] + self.radii[1] * np.sin(p)], axis=1)
 
     def pose(self, t: float) -> np.ndarray:
         position = self.position(t)
