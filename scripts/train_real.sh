@@ -23,6 +23,11 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-4000}
 FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
 ROOM_FRAMES=${ROOM_FRAMES:-60}
 THREADS=${THREADS:-2}
+SEED=${SEED:-0}
+# Finetuning starts from the pretraining unless FINETUNE_INIT names another checkpoint.
+FINETUNE_INIT=${FINETUNE_INIT:-$RUN/pretrain/last.pt}
+# Decay of the weight average written to finetune/ema.pt (0: none).
+EMA=${EMA:-0}
 STAGES=${STAGES:-pretrain finetune export}
 U=$SHARED/udacity_calibrated_video
 # Pretraining starts from the first default model's flow path (synthetic + KITTI, made by
@@ -60,12 +65,12 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
         KC=$SHARED/kitti_odometry_clips/KITTI_sequence_$clip
         VIDEO="$VIDEO $KC/image_l#calib=$KC/calib.txt"
       done
-      $PY -m structflow_ros.cli finetune --init "$RUN/pretrain/last.pt" \
+      $PY -m structflow_ros.cli finetune --init "$FINETUNE_INIT" \
         --data synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23 $ROOMS \
         --video $VIDEO --supervised --self-supervised --random-crops --color-jitter \
         --input-norm per_image --eval $HELD_OUT \
         --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
-        --threads "$THREADS" --out "$RUN/finetune" --resume ;;
+        --threads "$THREADS" --seed "$SEED" --ema "$EMA" --out "$RUN/finetune" --resume ;;
     export)
       $PY -m structflow_ros.cli export --weights "$RUN/finetune/last.pt" --out "$RUN/structflow_real.pt" \
         --note "recipe=scripts/train_real.sh" --note "held_out_domain=fog" --note "serving=keep_aspect"

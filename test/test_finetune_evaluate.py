@@ -132,14 +132,15 @@ def test_evaluate_real_frames(shared_data, finetuned, tmp_path):
     # Every real source in its own row, with its own cap and crop.
     assert set(report['depth']) == {
         'real_kitti_depth', 'real_kitti_object', 'real_kitti2015', 'real_nuscenes',
-        'real_argoverse', 'real_nyu_depth', 'real_nyu_diningroom', 'real_tum'}
+        'real_argoverse', 'real_nyu_depth', 'real_nyu_diningroom', 'real_tum',
+        'real_middlebury'}
     assert report['depth']['real_kitti_depth']['garg_crop'] is True
     assert report['depth']['real_nuscenes']['model']['frames'] == 6
     assert report['depth']['real_tum']['max_depth'] == 10.0
     assert report['depth']['real_argoverse']['max_depth'] == 80.0
     outdoor = report['pooled']['real_outdoor']
     assert outdoor['model']['frames'] == 12 and report['pooled']['real_indoor']['model'][
-        'frames'] == 11
+        'frames'] == 16
     # The pooled row is the per-frame mean over the outdoor sets.
     frames = [f['abs_rel'] for name in outdoor['sets']
               for f in report['depth'][name]['per_frame']]

@@ -94,6 +94,21 @@ def test_middlebury_stereo(shared_data, name):
     assert 5 < pair.disparity.max() < 0.3 * pair.left.shape[1]
 
 
+def test_middlebury_depth_frames_are_inverse_disparity_in_median_units(shared_data):
+    from structflow_ros.data.real_depth_eval import MIDDLEBURY_CAP, load_middlebury
+    frames = load_middlebury(shared_data)
+    assert [f.name for f in frames] == list(sd.STEREO_SCENES)
+    for frame in frames:
+        pair = sd.load_middlebury_stereo(frame.name, root=shared_data)
+        np.testing.assert_array_equal(frame.valid, pair.valid)
+        assert np.median(frame.depth[frame.valid]) == pytest.approx(1.0, rel=1e-3)
+        product = frame.depth[frame.valid] * pair.disparity[frame.valid]  # constant: depth ~ 1/d
+        assert product.std() < 1e-4 * product.mean()
+        # Objects well in front of the scene's middle, nothing beyond the cap.
+        depth = frame.depth[frame.valid]
+        assert depth.min() < 0.6 and 1.0 <= depth.max() < MIDDLEBURY_CAP
+
+
 def test_missing_folders_are_named(tmp_path, monkeypatch):
     with pytest.raises(sd.SharedDataError, match=f'{tmp_path}/middlebury_flow_rubberwhale'):
         sd.load_rubberwhale(root=tmp_path)

@@ -59,6 +59,38 @@ def test_pretrain_writes_resumable_self_describing_checkpoint(tmp_path, capsys):
     assert [h['step'] for h in history] == [1, 2, 3, 4, 5]
 
 
+def test_weight_average_is_written_beside_last_and_resumes(tmp_path, capsys):
+    """--ema: ema.pt holds the running average of the weights (decay 0.2 here, so each step
+    keeps 0.2 of the old average and takes 0.8 of the new weights); resuming continues the
+    same average rather than restarting it."""
+    data = textured_frames(tmp_path / 'frames')
+    out = tmp_path / 'run'
+    argv = ['--data', str(data), '--out', str(out), '--ema', '0.2', '--lr', '1e-2',
+            '--precision', 'float32'] + TINY
+    steps = []
+    for count in (1, 2, 3):
+        assert run_pretrain(argv + ['--steps', str(count)] + (['--resume'] if count > 1 else [])
+                            ) == 0
+        steps.append((read_checkpoint(out / 'last.pt'), read_checkpoint(out / 'ema.pt')))
+    assert 'resumed the weight average' in capsys.readouterr().out
+    for (_, ema_before), (last, ema) in zip(steps, steps[1:]):
+        assert ema['step'] == last['step'] and ema['extra']['weights'] == 'ema'
+        assert 'optimizer' not in ema
+        moved = 0
+        for key, weights in last['state_dict'].items():
+            if not weights.is_floating_point():
+                continue
+            expected = 0.2 * ema_before['state_dict'][key] + 0.8 * weights
+            torch.testing.assert_close(ema['state_dict'][key], expected, atol=1e-6, rtol=1e-5)
+            moved += not torch.equal(ema['state_dict'][key], weights)
+        assert moved > 0  # an average, not a copy of the last weights
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['ema_checkpoint'] == str(out / 'ema.pt')
+    assert run_pretrain(argv + ['--steps', '1', '--ema', '1.0', '--out',
+                                str(tmp_path / 'bad')]) == 2
+    assert 'ema_decay must be in [0, 1)' in capsys.readouterr().err
+
+
 def test_bad_data_paths_are_refused_with_a_reason(tmp_path, capsys):
     assert run_pretrain(['--data', str(tmp_path / 'missing'), '--steps', '1',
                          '--out', str(tmp_path / 'r')] + TINY) == 2

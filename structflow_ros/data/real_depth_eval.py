@@ -12,7 +12,10 @@ images, the Garg crop. Conversions follow each folder's SOURCE.txt:
 - real_depth_eval/open3d_rgbd_other_formats: the TUM fr3 frame (value / 5000 m). Left out: the
   raw NYU frame (Kinect output not registered to the colour image) and the SUN RGB-D frame
   (intrinsics unknown, bit-rotated depth).
-Plus kitti_nyu_depth_frames (3 KITTI, 3 NYU) and tum_rgbd_pair, which the project used before.
+Plus kitti_nyu_depth_frames (3 KITTI, 3 NYU) and tum_rgbd_pair, which the project used before,
+and middlebury_stereo: five close-range indoor scenes (objects on a table, about arm's length),
+depth = 1 / true disparity in units of each scene's median depth (no focal length and baseline
+are given for these image sizes; AbsRel is median-scaled, so the unit does not change it).
 """
 import json
 from dataclasses import dataclass, field
@@ -21,9 +24,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from structflow_ros.data.shared_data import (DepthFrame, PathLike, SharedDataError, _folder,
-                                             _read_rgb, _read_uint16, intrinsics_matrix,
-                                             load_depth_frames, load_tum_pair)
+from structflow_ros.data.shared_data import (STEREO_SCENES, DepthFrame, PathLike,
+                                             SharedDataError, _folder, _read_rgb, _read_uint16,
+                                             intrinsics_matrix, load_depth_frames,
+                                             load_middlebury_stereo, load_tum_pair)
 
 OUTDOOR_CAP_M = 80.0
 INDOOR_CAP_M = 10.0
@@ -157,6 +161,28 @@ def load_tum_fr3(root=None) -> List[DepthFrame]:
                        intrinsics_matrix(535.4, 539.2, 320.1, 247.6), INDOOR_CAP_M)]
 
 
+# Middlebury depth is relative (units of the scene's median depth); the cap, 10 medians, stands
+# where the indoor sets' 10 m does: far beyond anything on a table top.
+MIDDLEBURY_CAP = 10.0
+
+
+def load_middlebury(root=None) -> List[DepthFrame]:
+    """Middlebury stereo's scenes as depth frames: depth = 1 / disparity of the left image,
+    divided by its median (relative units; 0 where the disparity is unknown). K is unknown
+    (NaN): these sizes come without the focal length, and evaluation never needs it."""
+    frames = []
+    for name in STEREO_SCENES:
+        pair = load_middlebury_stereo(name, root)
+        valid = pair.valid
+        if not valid.any():
+            raise SharedDataError(f'middlebury_stereo/{name}: no pixel has a disparity')
+        inverse = np.where(valid, 1.0 / np.where(valid, pair.disparity, 1.0), 0.0)
+        depth = (inverse / np.median(inverse[valid])).astype(np.float32)
+        frames.append(DepthFrame(name, 'middlebury', pair.left, depth, np.full((3, 3), np.nan),
+                                 MIDDLEBURY_CAP))
+    return frames
+
+
 # Eigen et al.'s NYU evaluation crop (rows 45-471, columns 41-601 of 480x640): removes the white
 # border that registration leaves.
 NYU_BORDER = (45, 480 - 471, 41, 640 - 601)
@@ -174,6 +200,7 @@ REAL_SETS: Dict[str, tuple] = {
     'nyu_diningroom': (load_nyu_diningroom, INDOOR_CAP_M, False, False, NYU_BORDER),
     'tum': (lambda root: load_tum_pair(root) + load_tum_fr3(root), INDOOR_CAP_M, False, False,
             None),
+    'middlebury': (load_middlebury, MIDDLEBURY_CAP, False, False, None),
 }
 
 

@@ -31,6 +31,9 @@ def add_loop_args(parser, steps=2000, out='runs/train'):
                        choices=('auto', 'float32', 'bfloat16', 'float16'),
                        help='forward precision; auto = bfloat16 where the device has native '
                        'bf16 units, else float32 (losses and weights stay float32)')
+    group.add_argument('--ema', type=float, default=0.0, metavar='DECAY',
+                       help='also keep an exponential moving average of the weights with this '
+                       'decay (e.g. 0.998, ~500 steps) and write it to OUT/ema.pt; 0: off')
     group.add_argument('--out', default=out, help='run folder: last.pt, history.jsonl, '
                        'summary.json')
     group.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')
@@ -47,7 +50,7 @@ def loop_config_from_args(args):
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         eval_every=args.eval_every or args.steps, seed=args.seed, device=args.device,
         threads=args.threads, precision=args.precision, out_dir=args.out, resume=args.resume,
-        progress=not args.no_progress)
+        progress=not args.no_progress, ema_decay=args.ema)
 
 
 def model_config_from_args(args, **overrides):
