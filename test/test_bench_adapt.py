@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from structflow_ros.core.checkpoint import save_checkpoint
@@ -73,3 +74,17 @@ def test_bench_gate_scores_every_criterion_per_candidate(tmp_path):
     table = out.read_text()
     assert all(f'| {name} |' in table for name in ('rigid_fit', 'reprojection', 'temporal',
                                                   'flow_loss'))
+
+
+def test_room_stream_is_an_indoor_walk_judged_in_another_room_at_the_indoor_cap():
+    from structflow_ros.cli.bench_adapt import INDOOR_CAP_M, make_stream
+    stream = make_stream('room', 64, 96, frames=4)
+    assert stream.max_depth == INDOOR_CAP_M == 10.0 and not stream.harmful
+    assert len(stream.frames) == 4 and stream.frames[0].shape == (64, 96, 3)
+    assert stream.K is not None and 'room walk' in stream.note
+    evaluation = stream.evaluation()
+    walk_first = stream.frames[0]
+    assert not any(np.array_equal(walk_first, frame['rgb']) for frame in evaluation)
+    # Indoors: (almost) everything it is judged on lies within the indoor cap.
+    depth = np.concatenate([frame['depth'][frame['valid']] for frame in evaluation])
+    assert np.mean(depth < INDOOR_CAP_M) > 0.95
