@@ -87,13 +87,13 @@ def make_stream(name, height=96, width=320, frames=200, seed_offset=0):
         domain, seed, eval_domain, eval_seed = SYNTHETIC_STREAMS[name]
         rendered = _synthetic_frames(domain, frames, seed + seed_offset, height, width)
         indoor = domain == 'room'
+        kind = 'walk' if indoor else 'drive'
         return Stream(name, [f.rgb for f in rendered], 10.0, rendered[0].K,
                       _evaluation_set(eval_domain, eval_seed, height, width),
                       max_depth=INDOOR_CAP_M if indoor else 80.0,
-                      note=f"synthetic {domain} {'walk' if indoor else 'drive'} (held out of "
-                           f"training: {'yes' if domain in ('fog', 'night') else 'no'}); "
-                           f"evaluated on another {eval_domain} {'' if indoor else 'drive'}"
-                           .rstrip())
+                      note=f'synthetic {domain} {kind} (held out of training: '
+                           f"{'yes' if domain in ('fog', 'night') else 'no'}); evaluated on "
+                           f'another {eval_domain} {kind}')
     if name == 'kitti':
         from structflow_ros.data.shared_data import KITTI_CLIPS, load_kitti_odometry_clip
         images, K = [], None

@@ -132,9 +132,13 @@ class Trainer:
                              f'got {loop.ema_decay}')
         if loop.resume:
             self._resume()
-        self.ema_model = None
+        self.ema_model, self._ema_pairs = None, ()
         if loop.ema_decay:
             self.ema_model = self._start_ema()
+            # (average, current) tensor pairs, gathered once: both models keep their tensors
+            # for the whole run, so each step updates them in place.
+            self._ema_pairs = tuple(zip(self.ema_model.state_dict().values(),
+                                        self.model.state_dict().values()))
         self.train_model = self.model
         if self.dist.enabled:
             self.train_model = DistributedDataParallel(
@@ -188,8 +192,7 @@ class Trainer:
         # Warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates): early on the
         # average follows the weights, so it is not anchored to the initial ones.
         decay = min(self.loop.ema_decay, (1 + self.step) / (10 + self.step))
-        for averaged, current in zip(self.ema_model.state_dict().values(),
-                                     self.model.state_dict().values()):
+        for averaged, current in self._ema_pairs:
             if averaged.is_floating_point():
                 averaged.lerp_(current.detach(), 1.0 - decay)
             else:  # counters (batch-norm steps) are copied, not averaged
