@@ -28,6 +28,8 @@ SEED=${SEED:-0}
 FINETUNE_INIT=${FINETUNE_INIT:-$RUN/pretrain/last.pt}
 # Decay of the weight average written to finetune/ema.pt (0: none).
 EMA=${EMA:-0}
+# Weight of the log-depth gradient matching term of the supervised depth loss (0: silog alone).
+DEPTH_GRADIENT=${DEPTH_GRADIENT:-0}
 STAGES=${STAGES:-pretrain finetune export}
 U=$SHARED/udacity_calibrated_video
 # Pretraining starts from the first default model's flow path (synthetic + KITTI, made by
@@ -40,7 +42,8 @@ KITTI="$SHARED/kitti_odometry_clips/KITTI_sequence_1/image_l $SHARED/kitti_odome
 # Indoor rooms (data/synthetic/room.py): 20 seeds, each shared out over the 6 training sizes
 # (a room of its own per size), so 120 rooms; without them the model loses to a constant depth
 # on real indoor cameras.
-ROOMS=$(for seed in $(seq 31 50); do printf 'synthetic:room:%s:%s ' "$ROOM_FRAMES" "$seed"; done)
+ROOM_SEEDS=${ROOM_SEEDS:-$(seq 31 50)}
+ROOMS=$(for seed in $ROOM_SEEDS; do printf 'synthetic:room:%s:%s ' "$ROOM_FRAMES" "$seed"; done)
 SYNTHETIC="synthetic:day:300:11 synthetic:dusk:300:12 synthetic:overcast:300:13 synthetic:day:300:14"
 HELD_OUT="synthetic:fog:24:100"
 
@@ -67,7 +70,8 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
       done
       $PY -m structflow_ros.cli finetune --init "$FINETUNE_INIT" \
         --data synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23 $ROOMS \
-        --video $VIDEO --supervised --self-supervised --random-crops --color-jitter \
+        --video $VIDEO --supervised --self-supervised --depth-gradient-weight "$DEPTH_GRADIENT" \
+        --random-crops --color-jitter \
         --input-norm per_image --eval $HELD_OUT \
         --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --seed "$SEED" --ema "$EMA" --out "$RUN/finetune" --resume ;;

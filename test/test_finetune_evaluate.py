@@ -51,10 +51,14 @@ def test_finetune_from_pretrained_is_y_shaped_and_reports_gradient_agreement(pre
 def test_paper_variant_drops_the_flow_branch(pretrained, tmp_path):
     out = tmp_path / 'paper'
     assert run(finetune, ['--init', str(pretrained), '--data', 'synthetic:day:5:4',
-                          '--supervised', '--paper-variant', '--steps', '1', '--out', str(out)]
-               + TINY) == 0
+                          '--supervised', '--paper-variant', '--depth-gradient-weight', '0.5',
+                          '--steps', '1', '--out', str(out)] + TINY) == 0
     payload = read_checkpoint(out / 'last.pt')
     assert set(payload['modules']) == {'structure_encoder', 'depth_decoder'}
+    # The gradient matching term was trained (and is part of the supervised loss).
+    metrics = json.loads((out / 'summary.json').read_text())['final_metrics']
+    assert metrics['depth_gradient'] > 0
+    assert metrics['loss_depth_supervised'] > 0.5 * metrics['depth_gradient']
 
 
 def test_finetune_refuses_wrong_architecture_and_missing_loss(tmp_path, capsys):
@@ -68,6 +72,10 @@ def test_finetune_refuses_wrong_architecture_and_missing_loss(tmp_path, capsys):
     assert run(finetune, ['--scratch', '--supervised', '--data', 'clip.mp4', '--steps', '1',
                           '--out', str(tmp_path / 'y')] + TINY) == 2
     assert 'synthetic:DOMAIN' in capsys.readouterr().err
+    assert run(finetune, ['--scratch', '--self-supervised', '--depth-gradient-weight', '0.5',
+                          '--data', 'synthetic:day:4:1', '--steps', '1',
+                          '--out', str(tmp_path / 'z')] + TINY) == 2
+    assert 'add --supervised' in capsys.readouterr().err
 
 
 def test_self_supervised_finetune_trains_the_pose_network(tmp_path):

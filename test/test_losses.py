@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from structflow_ros.core.geometry import NonFiniteError, pose_vec_to_mat, reproject_warp
 from structflow_ros.core.losses import (DepthLossConfig, FlowLossConfig, census_error,
                                         edge_aware_smoothness, flow_loss,
-                                        forward_backward_occlusion, min_reprojection_loss,
+                                        forward_backward_occlusion, log_depth_gradient_loss,
+                                        min_reprojection_loss,
                                         photometric_error, photometric_loss,
                                         scale_invariant_loss, self_supervised_depth_loss)
 
@@ -223,6 +224,42 @@ def test_scale_invariant_loss_values_and_guards():
     assert bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(zero_pred.grad).all())
     with pytest.raises(NonFiniteError, match='pred_depth'):
         scale_invariant_loss(torch.full_like(gt, float('nan')), gt, valid)
+
+
+def test_log_depth_gradient_loss_sees_slopes_and_blurred_edges_not_scale():
+    rows = torch.arange(H, dtype=torch.float32).view(1, 1, H, 1).expand(2, 1, H, W)
+    cols = torch.arange(W, dtype=torch.float32).view(1, 1, 1, W).expand(2, 1, H, W)
+    valid = torch.ones(2, 1, H, W, dtype=torch.bool)
+    # A fronto-parallel wall: any constant prediction is perfect, a floor-to-ceiling slope not.
+    wall = torch.full((2, 1, H, W), 2.0)
+    assert float(log_depth_gradient_loss(3.7 * torch.ones_like(wall), wall, valid)) < 1e-6
+    slope = 1.0 + rows / H  # top near, bottom twice as far
+    assert float(log_depth_gradient_loss(slope, wall, valid)) > 1e-2
+    # A box at 1 m before a wall at 4 m: a blurred edge costs more than the sharp one, scaled.
+    box = torch.where((cols > 16) & (cols < 32), torch.tensor(1.0), torch.tensor(4.0))
+    blurred = F.avg_pool2d(box, (1, 9), stride=1, padding=(0, 4), count_include_pad=False)
+    assert float(log_depth_gradient_loss(5.0 * box, box, valid)) < 1e-6
+    assert float(log_depth_gradient_loss(blurred, box, valid)) > 0.05
+    # Pixels outside the mask never count, even where the prediction is wild there.
+    sparse_valid = valid.clone()
+    sparse_valid[..., :, W // 2:] = False
+    wild = box.clone()
+    wild[..., :, W // 2:] = 1e3 * torch.rand(2, 1, H, W - W // 2)
+    assert float(log_depth_gradient_loss(wild, box, sparse_valid)) < 1e-6
+    # No valid pixel: 0 in the graph; non-positive depth is clamped, gradients stay finite.
+    pred = (box - 5.0).requires_grad_(True)
+    loss = log_depth_gradient_loss(pred, box, torch.zeros_like(valid))
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    loss = log_depth_gradient_loss(pred, box, valid)
+    loss.backward()
+    assert bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(pred.grad).all())
+    with pytest.raises(ValueError, match='same shape'):
+        log_depth_gradient_loss(box[:, :, 1:], box, valid)
+    with pytest.raises(ValueError, match='gradient_weight'):
+        DepthLossConfig(gradient_weight=-1.0)
+    with pytest.raises(ValueError, match='gradient_scales'):
+        DepthLossConfig(gradient_scales=0)
 
 
 def test_losses_reject_uint8_images_with_a_clear_message():

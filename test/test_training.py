@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from structflow_ros.core.geometry import flow_warp, pixel_grid
+from structflow_ros.core.losses import DepthLossConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.core import training
 from structflow_ros.core.training import (TrainStepConfig, compute_losses,
@@ -174,6 +175,13 @@ def test_batch_keys_select_the_losses():
     _, supervised_only = compute_losses(
         model, {'frame0': batch['frame0'], 'depth_gt': batch['depth_gt']})
     assert set(k for k in supervised_only if k.startswith('loss_')) == {'loss_depth_supervised'}
+    # The gradient matching term is part of the supervised loss only when weighted.
+    assert 'depth_gradient' not in metrics
+    config = TrainStepConfig(depth=DepthLossConfig(gradient_weight=0.5))
+    _, with_gradient = compute_losses(model, batch, config)
+    assert with_gradient['depth_gradient'] > 0
+    assert with_gradient['loss_depth_supervised'] == pytest.approx(
+        metrics['loss_depth_supervised'] + 0.5 * with_gradient['depth_gradient'], rel=1e-4)
     # Weights switch losses off; uint8 frames are accepted.
     uint8_batch = {**batch, 'frame0': (batch['frame0'] * 255).to(torch.uint8)}
     _, no_flow = compute_losses(model, uint8_batch, TrainStepConfig(flow_weight=0.0))

@@ -26,6 +26,7 @@ import argparse
 import torch
 
 from structflow_ros.core.checkpoint import CheckpointError, load_state_strict, read_checkpoint
+from structflow_ros.core.losses import DepthLossConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.core.training import TrainStepConfig
 from structflow_ros.training import cli_common, datasets
@@ -53,6 +54,10 @@ def get_args_parser():
     parser.add_argument('--supervised', action='store_true', help='ground-truth depth loss')
     parser.add_argument('--self-supervised', action='store_true',
                         help='reprojection loss with known intrinsics + pose network')
+    parser.add_argument('--depth-gradient-weight', type=float, default=0.0, metavar='W',
+                        help='add W x the multi-scale log-depth gradient matching loss '
+                        '(MegaDepth; sharper edges, flat walls flat) to --supervised '
+                        '(default 0: silog alone)')
     parser.add_argument('--labels', type=int, default=None,
                         help='labelled frames per sequence for --supervised (default: all)')
     parser.add_argument('--flow-weight', type=float, default=1.0,
@@ -132,7 +137,11 @@ def main(args):
             trainable += ['motion_encoder', 'flow_decoder']
         if args.self_supervised:
             trainable.append('pose_net')
+        if args.depth_gradient_weight and not args.supervised:
+            raise ValueError('--depth-gradient-weight weighs a term of the ground-truth depth '
+                             'loss: add --supervised')
         step_config = TrainStepConfig(
+            depth=DepthLossConfig(gradient_weight=args.depth_gradient_weight),
             flow_weight=args.flow_weight if joint_flow else 0.0,
             depth_supervised_weight=1.0 if args.supervised else 0.0,
             depth_selfsup_weight=1.0 if args.self_supervised else 0.0)

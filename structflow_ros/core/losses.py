@@ -9,6 +9,7 @@
 
 Images are float (B, 3, H, W) in [0, 1]; flows are in pixels (see geometry.py conventions).
 """
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -344,6 +345,18 @@ class DepthLossConfig:
     scale_weights: Tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     # Variance focus of the scale-invariant log loss (BTS uses 0.85; Eigen's 0.5 is softer).
     silog_lambda: float = 0.85
+    # Weight of the multi-scale log-depth gradient matching term added to the supervised loss
+    # (`log_depth_gradient_loss`; MegaDepth uses 0.5). 0 = off, the loss is silog alone.
+    gradient_weight: float = 0.0
+    gradient_scales: int = 4
+
+    def __post_init__(self):
+        if not (math.isfinite(self.gradient_weight) and self.gradient_weight >= 0):
+            raise ValueError(f'gradient_weight must be a finite number >= 0, got '
+                             f'{self.gradient_weight!r}')
+        if not (isinstance(self.gradient_scales, int) and self.gradient_scales >= 1):
+            raise ValueError(f'gradient_scales must be an integer >= 1, got '
+                             f'{self.gradient_scales!r}')
 
 
 def self_supervised_depth_loss(target: torch.Tensor, sources: List[torch.Tensor],
@@ -396,6 +409,45 @@ def self_supervised_depth_loss(target: torch.Tensor, sources: List[torch.Tensor]
         'depth_automask_fraction': automask_fraction,
     }
     return total, metrics
+
+
+def log_depth_gradient_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor,
+                            valid_mask: torch.Tensor, scales: int = 4, eps: float = 1e-6
+                            ) -> torch.Tensor:
+    """Multi-scale gradient matching of log depth (Li & Snavely, MegaDepth, CVPR 2018).
+
+    R = log pred - log gt; the loss is the mean |dR/dx| + |dR/dy| over pixel pairs that are
+    both valid, at `scales` subsamplings (every 2^k-th pixel), averaged over scales and images.
+    A global scale cancels in R's differences, so, like silog, it does not ask for metric
+    depth; unlike silog it is local: a flat wall predicted as a slope, or an object edge
+    blurred into its background, costs the same wherever the rest of the image is.
+    """
+    if pred_depth.shape != gt_depth.shape or valid_mask.shape != gt_depth.shape:
+        raise ValueError(f'pred {tuple(pred_depth.shape)}, gt {tuple(gt_depth.shape)} and valid '
+                         f'{tuple(valid_mask.shape)} must have the same shape (B, 1, H, W)')
+    valid = valid_mask.bool() & torch.isfinite(gt_depth) & (gt_depth > 0)
+    gt_safe = torch.where(valid, gt_depth, torch.ones_like(gt_depth))
+    residual = torch.log(pred_depth.clamp(min=eps)) - torch.log(gt_safe.clamp(min=eps))
+    residual = torch.where(valid, residual, torch.zeros_like(residual))
+    weight = valid.to(residual.dtype)
+    per_scale = []
+    for scale in range(scales):
+        step = 2 ** scale
+        r = residual[..., ::step, ::step]
+        w = weight[..., ::step, ::step]
+        if r.shape[-1] < 2 or r.shape[-2] < 2:
+            break
+        pair_x = w[..., :, 1:] * w[..., :, :-1]  # (B, 1, h, w-1): both pixels valid
+        pair_y = w[..., 1:, :] * w[..., :-1, :]  # (B, 1, h-1, w)
+        grad_sum = ((r[..., :, 1:] - r[..., :, :-1]).abs() * pair_x).flatten(1).sum(1) + \
+            ((r[..., 1:, :] - r[..., :-1, :]).abs() * pair_y).flatten(1).sum(1)  # (B,)
+        pairs = pair_x.flatten(1).sum(1) + pair_y.flatten(1).sum(1)  # (B,)
+        has_pairs = pairs > 0
+        if bool(has_pairs.any()):
+            per_scale.append((grad_sum[has_pairs] / pairs[has_pairs]).mean())
+    if not per_scale:
+        return pred_depth.sum() * 0.0
+    return torch.stack(per_scale).mean()
 
 
 def scale_invariant_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor,

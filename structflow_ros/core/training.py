@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from structflow_ros.core.geometry import NonFiniteError, pose_vec_to_mat
 from structflow_ros.core.losses import (DepthLossConfig, FlowLossConfig, flow_loss,
-                                        scale_invariant_loss, self_supervised_depth_loss)
+                                        log_depth_gradient_loss, scale_invariant_loss,
+                                        self_supervised_depth_loss)
 from structflow_ros.core.networks import disp_to_depth, normalize_image
 
 LOSS_NAMES = ('flow', 'depth_supervised', 'depth_selfsup', 'depth')
@@ -177,9 +178,13 @@ def _loss_terms(model, batch: Dict, config: TrainStepConfig, step: int,
             disp = F.interpolate(disp, size=gt.shape[-2:], mode='bilinear', align_corners=False)
         _, depth = disp_to_depth(disp, min_depth, max_depth)
         loss, silog_metrics = scale_invariant_loss(depth, gt, valid, config.depth.silog_lambda)
-        terms['depth_supervised'] = config.depth_supervised_weight * loss
         metrics.update({'depth_silog': silog_metrics['silog'],
                         'depth_valid_pixels': float(silog_metrics['valid_pixels'])})
+        if config.depth.gradient_weight > 0:
+            gradient = log_depth_gradient_loss(depth, gt, valid, config.depth.gradient_scales)
+            loss = loss + config.depth.gradient_weight * gradient
+            metrics['depth_gradient'] = float(gradient.detach())
+        terms['depth_supervised'] = config.depth_supervised_weight * loss
     if plan['depth_selfsup']:
         sources, poses = [], []
         if pose_prev is not None:
