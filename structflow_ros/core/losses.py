@@ -411,6 +411,21 @@ def self_supervised_depth_loss(target: torch.Tensor, sources: List[torch.Tensor]
     return total, metrics
 
 
+def _masked_log_residual(pred_depth: torch.Tensor, gt_depth: torch.Tensor,
+                         valid_mask: torch.Tensor, eps: float
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(valid, log pred - log gt) of the ground-truth depth losses; the residual is 0 outside
+    `valid` (the mask, finite and positive ground truth), depths clamped to `eps` before the log.
+    """
+    if pred_depth.shape != gt_depth.shape or valid_mask.shape != gt_depth.shape:
+        raise ValueError(f'pred {tuple(pred_depth.shape)}, gt {tuple(gt_depth.shape)} and valid '
+                         f'{tuple(valid_mask.shape)} must have the same shape (B, 1, H, W)')
+    valid = valid_mask.bool() & torch.isfinite(gt_depth) & (gt_depth > 0)
+    gt_safe = torch.where(valid, gt_depth, torch.ones_like(gt_depth))
+    residual = torch.log(pred_depth.clamp(min=eps)) - torch.log(gt_safe.clamp(min=eps))
+    return valid, torch.where(valid, residual, torch.zeros_like(residual))
+
+
 def log_depth_gradient_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor,
                             valid_mask: torch.Tensor, scales: int = 4, eps: float = 1e-6
                             ) -> torch.Tensor:
@@ -422,13 +437,7 @@ def log_depth_gradient_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor,
     depth; unlike silog it is local: a flat wall predicted as a slope, or an object edge
     blurred into its background, costs the same wherever the rest of the image is.
     """
-    if pred_depth.shape != gt_depth.shape or valid_mask.shape != gt_depth.shape:
-        raise ValueError(f'pred {tuple(pred_depth.shape)}, gt {tuple(gt_depth.shape)} and valid '
-                         f'{tuple(valid_mask.shape)} must have the same shape (B, 1, H, W)')
-    valid = valid_mask.bool() & torch.isfinite(gt_depth) & (gt_depth > 0)
-    gt_safe = torch.where(valid, gt_depth, torch.ones_like(gt_depth))
-    residual = torch.log(pred_depth.clamp(min=eps)) - torch.log(gt_safe.clamp(min=eps))
-    residual = torch.where(valid, residual, torch.zeros_like(residual))
+    valid, residual = _masked_log_residual(pred_depth, gt_depth, valid_mask, eps)
     weight = valid.to(residual.dtype)
     per_scale = []
     for scale in range(scales):
@@ -460,16 +469,11 @@ def scale_invariant_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor,
     over images that have any. Depths are clamped to `eps` before the log, so a non-positive
     depth never makes NaN. No valid pixel: loss 0 (in the graph), metrics valid_pixels = 0.
     """
-    if pred_depth.shape != gt_depth.shape or valid_mask.shape != gt_depth.shape:
-        raise ValueError(f'pred {tuple(pred_depth.shape)}, gt {tuple(gt_depth.shape)} and valid '
-                         f'{tuple(valid_mask.shape)} must have the same shape (B, 1, H, W)')
     check_finite(pred_depth, 'pred_depth')
-    valid = valid_mask.bool() & torch.isfinite(gt_depth) & (gt_depth > 0)
+    valid, residual = _masked_log_residual(pred_depth, gt_depth, valid_mask, eps)
     batch = pred_depth.shape[0]
     valid_flat = valid.reshape(batch, -1).to(pred_depth.dtype)  # (B, N)
-    gt_safe = torch.where(valid, gt_depth, torch.ones_like(gt_depth))
-    diff = torch.log(pred_depth.clamp(min=eps)) - torch.log(gt_safe.clamp(min=eps))
-    diff = diff.reshape(batch, -1) * valid_flat  # (B, N), zero outside the mask
+    diff = residual.reshape(batch, -1)  # (B, N), zero outside the mask
     count = valid_flat.sum(1)  # (B,)
     has_pixels = count > 0
     valid_pixels = int(count.sum())
