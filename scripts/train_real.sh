@@ -45,6 +45,8 @@ KITTI="$SHARED/kitti_odometry_clips/KITTI_sequence_1/image_l $SHARED/kitti_odome
 ROOM_SEEDS=${ROOM_SEEDS:-$(seq 31 50)}
 ROOMS=$(for seed in $ROOM_SEEDS; do printf 'synthetic:room:%s:%s ' "$ROOM_FRAMES" "$seed"; done)
 SYNTHETIC="synthetic:day:300:11 synthetic:dusk:300:12 synthetic:overcast:300:13 synthetic:day:300:14"
+# Supervised synthetic streets of the finetuning; the indoor model (INDOOR=1 below) has none.
+STREETS=${STREETS-synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23}
 HELD_OUT="synthetic:fog:24:100"
 
 for stage in $STAGES; do
@@ -69,7 +71,7 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
         VIDEO="$VIDEO $KC/image_l#calib=$KC/calib.txt"
       done
       $PY -m structflow_ros.cli finetune --init "$FINETUNE_INIT" \
-        --data synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23 $ROOMS \
+        --data $STREETS $ROOMS \
         --video $VIDEO --supervised --self-supervised --depth-gradient-weight "$DEPTH_GRADIENT" \
         --random-crops --color-jitter \
         --input-norm per_image --eval $HELD_OUT \

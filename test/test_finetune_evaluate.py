@@ -146,6 +146,10 @@ def test_evaluate_real_frames(shared_data, finetuned, tmp_path):
     assert report['depth']['real_nuscenes']['model']['frames'] == 6
     assert report['depth']['real_tum']['max_depth'] == 10.0
     assert report['depth']['real_argoverse']['max_depth'] == 80.0
+    # One constant depth orders no pixel pair: the ordinal error of every floor is chance.
+    assert {name: entry['floor']['ordinal_error'] for name, entry in report['depth'].items()} \
+        == {name: 0.5 for name in report['depth']}
+    assert 0.0 <= report['pooled']['real_indoor']['model']['ordinal_error'] <= 1.0
     outdoor = report['pooled']['real_outdoor']
     assert outdoor['model']['frames'] == 12 and report['pooled']['real_indoor']['model'][
         'frames'] == 16

@@ -56,6 +56,33 @@ def test_known_values_and_valid_masks():
         depth_metrics(np.ones((3, 3)), gt)
 
 
+def test_ordinal_error_counts_wrongly_ordered_pairs_and_a_flat_prediction_is_chance():
+    gt = depth_scene()
+    assert depth_metrics(gt.copy(), gt)['ordinal_error'] == 0.0
+    # Order is all it reads: any increasing function of the truth is perfect, its inverse is
+    # wrong on every pair, one constant depth is a tie on every pair (exactly chance).
+    assert depth_metrics(np.sqrt(gt), gt)['ordinal_error'] == 0.0
+    assert depth_metrics(1.0 / gt, gt)['ordinal_error'] == 1.0
+    assert constant_depth_floor(gt)['ordinal_error'] == 0.5
+    # A wall at 4 m with a box at 2 m in front of it: one constant depth is closer in AbsRel
+    # than a prediction that sees the box but slopes the wall from floor to ceiling (the
+    # ground-plane prior), and only the ordinal error says which one saw the box.
+    wall = np.full((40, 60), 4.0)
+    wall[15:25, 25:35] = 2.0
+    ordered = np.where(wall < 3.0, 1.0, np.linspace(2.5, 5.5, 40)[:, None] * np.ones((1, 60)))
+    flat = constant_depth_floor(wall)
+    right = depth_metrics(ordered, wall)
+    assert flat['abs_rel'] < right['abs_rel']
+    assert right['ordinal_error'] == 0.0 and flat['ordinal_error'] == 0.5
+    # Same frame, same pairs: the number is repeatable; a flat truth orders nothing.
+    noisy = gt * np.random.default_rng(1).uniform(0.8, 1.25, gt.shape)
+    assert depth_metrics(noisy, gt)['ordinal_error'] == depth_metrics(noisy, gt)['ordinal_error']
+    assert 0.0 < depth_metrics(noisy, gt)['ordinal_error'] < 0.2
+    assert math.isnan(depth_metrics(np.ones((4, 4)), np.full((4, 4), 3.0))['ordinal_error'])
+    assert aggregate_depth_metrics([depth_metrics(noisy, gt), constant_depth_floor(gt)])[
+        'ordinal_error'] == pytest.approx((depth_metrics(noisy, gt)['ordinal_error'] + 0.5) / 2)
+
+
 def test_garg_crop_mask_shape_and_bounds():
     mask = garg_crop_mask(375, 1242)
     assert mask.shape == (375, 1242) and mask.dtype == bool

@@ -1,5 +1,9 @@
 """Eigen depth metrics (median-scaled, beside the constant-depth floor) and flow EPE.
 
+Beside the Eigen metrics, `ordinal` is the share of pixel pairs (true depths more than 10 %
+apart) that the prediction orders wrongly: one constant depth scores 0.5 on every frame, so it
+tells a model that sees structure from one that is merely flat where the scene is flat.
+
   structflow evaluate                                  # shipped model, every set available
   structflow evaluate --weights runs/finetune/last.pt --synthetic fog:40:7 --real \
       --out reports/eval
@@ -172,14 +176,15 @@ def main(args):
     out = Path(args.out)
     report = {'weights': weights, 'step': meta['step'], 'trained_on': meta['trained_on'],
               'model_config': meta['model_config'].to_dict(), 'depth': {}, 'flow': {}}
-    keys = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'scale_ratio_spread')
+    keys = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'ordinal_error',
+            'scale_ratio_spread')
     if args.aspect == 'auto':
         from structflow_ros.online.server import keeps_aspect
         aspects = ('keep',) if keeps_aspect('auto', meta) else ('squash',)
     else:
         aspects = ('keep', 'squash') if args.aspect == 'both' else (args.aspect,)
     report['aspect'] = aspects[0]
-    print(f"{'set':<22} {'':<6} " + ' '.join(f'{k:>9}' for k in keys))
+    print(f"{'set':<22} {'':<6} " + ' '.join(f'{k.replace("_error", ""):>9}' for k in keys))
     sheet_rows = []
     for name, (frames, max_depth, garg, outdoor) in sets.items():
         results = {aspect: evaluate_depth(model, frames, max_depth=max_depth, garg_crop=garg,
@@ -223,7 +228,8 @@ def main(args):
             both['abs_rel_vs_floor'] = ratio
             print(f'{label:<22} pooled over {both["model"]["frames"]} frames: AbsRel '
                   f'{both["model"]["abs_rel"]:.3f}, floor {both["floor"]["abs_rel"]:.3f} '
-                  f'({ratio:.2f}x the floor)')
+                  f'({ratio:.2f}x the floor); ordinal error '
+                  f'{both["model"]["ordinal_error"]:.3f} (one depth: 0.5)')
     if sheet_rows:
         report['real_sheet'] = str(_write_rows(sheet_rows, out / 'real_sheet.png'))
     if report.get('near_vehicles'):

@@ -2,14 +2,19 @@
 
 Depth: Eigen et al. 2014 metrics over valid ground-truth pixels, capped to [min_depth,
 max_depth], with per-frame median scaling for relative predictions and the Garg crop on KITTI
-(as monodepth2's evaluate_depth.py). Flow: end-point error and KITTI's Fl outlier rate.
+(as monodepth2's evaluate_depth.py), plus an ordinal error that no flat prediction can game.
+Flow: end-point error and KITTI's Fl outlier rate.
 Inputs may be NumPy arrays or torch tensors; results are plain Python floats.
 """
 from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3')
+DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'ordinal_error')
+# Ordinal error: pixel pairs whose true depths differ by more than this ratio, this many per
+# frame (drawn with a fixed seed, so a frame always gets the same pairs).
+ORDINAL_MIN_RATIO = 1.1
+ORDINAL_PAIRS = 20000
 
 
 def _to_numpy(array, name: str) -> np.ndarray:
@@ -35,6 +40,27 @@ def garg_crop_mask(height: int, width: int) -> np.ndarray:
     return mask
 
 
+def ordinal_error(pred, gt, min_ratio: float = ORDINAL_MIN_RATIO, pairs: int = ORDINAL_PAIRS,
+                  seed: int = 0) -> float:
+    """Share of pixel pairs the prediction orders wrongly (WHDR-style, Chen et al. 2016).
+
+    pred and gt: 1-D arrays over the valid pixels. Pairs are drawn at random; only those whose
+    true depths differ by more than `min_ratio` count; a predicted tie counts half. Scale-free,
+    and one constant depth scores exactly 0.5, so unlike AbsRel a flat prediction cannot beat
+    it by matching a flat scene (a wall). NaN when no pair is that far apart.
+    """
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, gt.size, pairs)
+    second = rng.integers(0, gt.size, pairs)
+    truth = np.sign(gt[first] - gt[second])
+    ordered = np.maximum(gt[first], gt[second]) > min_ratio * np.minimum(gt[first], gt[second])
+    if not ordered.any():
+        return float('nan')
+    predicted = np.sign(pred[first] - pred[second])[ordered]
+    wrong = np.where(predicted == 0, 0.5, (predicted != truth[ordered]).astype(np.float64))
+    return float(np.mean(wrong))
+
+
 def depth_metrics(pred, gt, valid=None, min_depth: float = 1e-3, max_depth: float = 80.0,
                   median_scaling: bool = True, garg_crop: bool = False) -> Dict[str, float]:
     """Eigen depth metrics of `pred` against `gt` (both (H, W), same shape, metres).
@@ -42,7 +68,9 @@ def depth_metrics(pred, gt, valid=None, min_depth: float = 1e-3, max_depth: floa
     Valid pixels: finite gt inside (min_depth, max_depth) (zeros in sparse lidar are missing),
     and `valid` and the Garg crop when given. With median scaling, pred is multiplied by
     median(gt) / median(pred) (reported as scale_ratio); then predictions are clamped to
-    [min_depth, max_depth]. No valid pixel: every metric is NaN and valid_pixels is 0.
+    [min_depth, max_depth]. ordinal_error uses the prediction before that clamp (the order of
+    depths beyond the cap is still the model's). No valid pixel: every metric is NaN and
+    valid_pixels is 0.
     """
     pred = _to_numpy(pred, 'pred').astype(np.float64)
     gt = _to_numpy(gt, 'gt').astype(np.float64)
@@ -67,6 +95,7 @@ def depth_metrics(pred, gt, valid=None, min_depth: float = 1e-3, max_depth: floa
     # then cap to the evaluation range (monodepth2's order).
     pred_valid = np.maximum(pred[mask], 1e-9)
     gt_valid = gt[mask]
+    ordinal = ordinal_error(pred_valid, gt_valid)
     ratio = 1.0
     if median_scaling:
         ratio = float(np.median(gt_valid) / np.median(pred_valid))
@@ -80,6 +109,7 @@ def depth_metrics(pred, gt, valid=None, min_depth: float = 1e-3, max_depth: floa
         'a1': float(np.mean(thresh < 1.25)),
         'a2': float(np.mean(thresh < 1.25 ** 2)),
         'a3': float(np.mean(thresh < 1.25 ** 3)),
+        'ordinal_error': ordinal,
         'scale_ratio': ratio,
         'valid_pixels': count,
     }
@@ -111,7 +141,7 @@ def aggregate_depth_metrics(per_frame: Iterable[Dict[str, float]]) -> Dict[str, 
                       scale_ratio_spread=float('nan'))
         return result
     for key in DEPTH_KEYS:
-        result[key] = float(np.mean([m[key] for m in frames]))
+        result[key] = float(np.mean([m.get(key, float('nan')) for m in frames]))
     ratios = np.array([m['scale_ratio'] for m in frames], dtype=np.float64)
     median = float(np.median(ratios))
     std = float(np.std(ratios))
