@@ -217,7 +217,8 @@ def main(args):
                 sheet_rows.append(_sheet_row(
                     frame, result['predictions'][index], metrics,
                     f"{frame['name']} AbsRel {metrics['abs_rel']:.3f} (floor "
-                    f"{result['floor_per_frame'][index]['abs_rel']:.3f})", max_depth))
+                    f"{result['floor_per_frame'][index]['abs_rel']:.3f}), ordinal "
+                    f"{metrics['ordinal_error']:.2f}", max_depth))
     outdoor_sets = [n for n, v in sets.items() if v[3]]
     indoor_sets = [n for n, v in sets.items() if v[3] is False]
     for label, names in (('real_outdoor', outdoor_sets), ('real_indoor', indoor_sets)):
