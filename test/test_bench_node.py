@@ -7,6 +7,8 @@ import json
 import math
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from structflow_ros.cli import bench_node
 from structflow_ros.core.checkpoint import save_checkpoint
 from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.networks import build_model
+from structflow_ros.ros.depth_client import DepthClient
 
 RUN_TIMEOUT_S = 240
 
@@ -81,3 +84,26 @@ def test_bad_options_are_refused_naming_what_is_accepted(argv, capsys):
     with pytest.raises(SystemExit):
         bench_node.get_args_parser().parse_args(argv)
     assert 'must be a comma-separated list of' in capsys.readouterr().err
+
+
+def test_warm_up_ends_on_an_answered_frame():
+    """A node answering each frame after its own delay (a stand-in for the node process, so
+    the timing is known): frames 0 and 1 are answered late, after frame 2 went out, and frame 2
+    takes longer still. Warm-up must not stop on two answers while frame 2 is in flight, or
+    frame 2 lands in the node's counts of the run that follows (21 frames in for 20 sent)."""
+    delays_s = [0.12, 0.12, 0.5, 0.01, 0.01, 0.01]
+    published = {}
+
+    def publish(image_msg, info):
+        stamp = len(published)
+        published[stamp] = time.monotonic()
+        return stamp
+
+    def reply(stamp, topic):
+        answered = time.monotonic() >= published[stamp] + delays_s[stamp]
+        return (0, None) if answered else None
+
+    client = SimpleNamespace(publish=publish, reply=reply)
+    sent = DepthClient.warm_up(client, None, None, None, replies=2, timeout=5.0, resend_s=0.1)
+    assert reply(sent[-1], 'depth') is not None, f'warm-up ended on unanswered frame {sent[-1]}'
+    assert sum(1 for stamp in sent if reply(stamp, 'depth')) >= 2
