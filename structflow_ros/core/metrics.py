@@ -141,7 +141,7 @@ def aggregate_depth_metrics(per_frame: Iterable[Dict[str, float]]) -> Dict[str, 
                       scale_ratio_spread=float('nan'))
         return result
     for key in DEPTH_KEYS:
-        result[key] = float(np.mean([m.get(key, float('nan')) for m in frames]))
+        result[key] = float(np.mean([m[key] for m in frames]))
     ratios = np.array([m['scale_ratio'] for m in frames], dtype=np.float64)
     median = float(np.median(ratios))
     std = float(np.std(ratios))
