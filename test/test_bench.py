@@ -40,8 +40,11 @@ def test_bench_model_rows_for_every_available_backend(tiny_weights, tmp_path, ca
     reference = result['rows'][0]
     for row in result['rows'][1:]:
         assert float(row['served ms']) > 0 and float(row['peak RSS MB']) > 100
-        ratio = float(row['served ms']) / float(reference['served ms'])
-        assert float(row['served / ref']) == pytest.approx(ratio, abs=0.01)
+        # 'served ms' is printed to 0.1 ms and the ratio is computed from the unrounded times:
+        # at this tiny size (a few ms) that rounding alone moves the ratio by more than 0.01.
+        served, ref_served = float(row['served ms']), float(reference['served ms'])
+        lowest, highest = (served - 0.05) / (ref_served + 0.05), (served + 0.05) / (ref_served - 0.05)
+        assert lowest - 0.005 <= float(row['served / ref']) <= highest + 0.005, row
         assert float(row['disp diff'].rstrip('%')) < 2.0, row  # the same model, any backend
         assert float(row['dAbsRel']) == pytest.approx(
             float(row['AbsRel']) - float(reference['AbsRel']), abs=2e-4)
