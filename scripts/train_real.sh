@@ -30,6 +30,11 @@ FINETUNE_INIT=${FINETUNE_INIT:-$RUN/pretrain/last.pt}
 EMA=${EMA:-0}
 # Weight of the log-depth gradient matching term of the supervised depth loss (0: silog alone).
 DEPTH_GRADIENT=${DEPTH_GRADIENT:-0}
+# 1: real-camera artefacts (vignetting, blur, noise, tone curve, JPEG) on half the synthetic
+# finetuning frames (finetune --camera-artefacts); 0: clean renders.
+CAMERA_ARTEFACTS=${CAMERA_ARTEFACTS:-0}
+ARTEFACT_FLAG=""
+[ "$CAMERA_ARTEFACTS" = 1 ] && ARTEFACT_FLAG=--camera-artefacts
 STAGES=${STAGES:-pretrain finetune export}
 U=$SHARED/udacity_calibrated_video
 # Pretraining starts from the first default model's flow path (synthetic + KITTI, made by
@@ -74,7 +79,7 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
       $PY -m structflow_ros.cli finetune --init "$FINETUNE_INIT" \
         --data $STREETS $ROOMS \
         --video $VIDEO --supervised --self-supervised --depth-gradient-weight "$DEPTH_GRADIENT" \
-        --random-crops --color-jitter \
+        --random-crops --color-jitter $ARTEFACT_FLAG \
         --input-norm per_image --eval $HELD_OUT \
         --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --seed "$SEED" --ema "$EMA" --out "$RUN/finetune" --resume ;;

@@ -230,7 +230,8 @@ def test_finetune_on_calibrated_video_with_random_crops(tmp_path):
     assert run(finetune, ['--scratch', '--supervised', '--self-supervised',
                           '--data', 'synthetic:day:24:1', 'synthetic:room:12:2',
                           '--video', f'{folder}#calib={camera}',
-                          '--random-crops', '--color-jitter', '--steps', '4', '--batch-size', '2',
+                          '--random-crops', '--color-jitter', '--camera-artefacts',
+                          '--steps', '4', '--batch-size', '2',
                           '--device', 'cpu', '--threads', '1', '--no-progress',
                           '--out', str(out)]) == 0
     summary = json.loads((out / 'summary.json').read_text())
@@ -243,6 +244,7 @@ def test_finetune_on_calibrated_video_with_random_crops(tmp_path):
     from structflow_ros.core import read_checkpoint
     train_config = read_checkpoint(out / 'last.pt')['train_config']
     assert train_config['random_crops'] is True and train_config['color_jitter'] is True
+    assert train_config['camera_artefacts'] is True
     assert train_config['training_sizes'] == [list(s) for s in datasets.TRAINING_SIZES]
 
 

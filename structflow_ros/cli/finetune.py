@@ -45,6 +45,10 @@ def get_args_parser():
     parser.add_argument('--color-jitter', action='store_true',
                         help='colour jitter of every training sample (training.datasets.'
                         'DEPTH_JITTER: contrast down to 0.4x, brightness, saturation, hue)')
+    parser.add_argument('--camera-artefacts', action='store_true',
+                        help='draw real-camera artefacts onto half the synthetic frames '
+                        '(data.camera_artefacts: vignetting, blur, sensor noise, tone curve, '
+                        'JPEG), so that the rendered frames\' cleanliness carries no depth')
     parser.add_argument('--random-crops', action='store_true',
                         help='random crops at every training aspect (training.datasets.'
                         'TRAINING_SIZES) instead of the model size only')
@@ -124,8 +128,11 @@ def main(args):
         eval_sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s),
                                                     config.height, config.width)
                           for s in args.eval]
+        from structflow_ros.data.camera_artefacts import SYNTHETIC_CAMERA_ARTEFACTS
         dataset = (datasets.DepthPairDataset(sequences, args.labels if args.supervised else 0,
-                                             seed=args.seed, jitter=jitter)
+                                             seed=args.seed, jitter=jitter,
+                                             camera_artefacts=SYNTHETIC_CAMERA_ARTEFACTS
+                                             if args.camera_artefacts else None)
                    if sequences else None)
         torch.manual_seed(args.seed)  # every rank builds the same initial weights
         model = build_model(config)
@@ -191,6 +198,7 @@ def main(args):
                          'labels_per_sequence': args.labels, 'joint_flow': joint_flow,
                          'random_crops': bool(args.random_crops),
                          'color_jitter': bool(args.color_jitter),
+                         'camera_artefacts': bool(args.camera_artefacts),
                          'training_sizes': [list(s) for s in sizes]})
     return cli_common.run_training('finetune', model, make_batches, loop, step_config, run,
                                    evaluate)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from structflow_ros.core.inference import network_frame
+from structflow_ros.data.camera_artefacts import add_camera_artefacts
 from structflow_ros.data.pairs import (FramePairDataset, PairSamplingConfig, bucket_batches,
                                        collate, jitter_tensors)
 from structflow_ros.data.sources import ArraySource, Frame, SourceError
@@ -166,12 +167,14 @@ class DepthPairDataset(IterableDataset):
     """
 
     def __init__(self, sequences, labelled_per_sequence=None, seed=0, flip=True,
-                 max_depth=80.0, jitter=None):
+                 max_depth=80.0, jitter=None, camera_artefacts=None):
         self.sequences = [list(seq) for seq in sequences]
         if not self.sequences or min(len(s) for s in self.sequences) < 2:
             raise ValueError('DepthPairDataset needs sequences of at least 2 frames')
         self.seed, self.flip, self.max_depth = seed, flip, max_depth
         self.jitter = jitter  # a PairSamplingConfig's colour jitter (e.g. DEPTH_JITTER) or None
+        # data.camera_artefacts.CameraArtefacts drawn onto the rendered frames, or None
+        self.camera_artefacts = camera_artefacts
         self.labelled = []
         rng = np.random.default_rng(seed)
         for seq in self.sequences:
@@ -205,6 +208,9 @@ class DepthPairDataset(IterableDataset):
             K[0, 2] = frame0.shape[-1] - 1 - K[0, 2]
         if self.jitter is not None and rng is not None and rng.random() < self.jitter.jitter_prob:
             frame0, frame1 = jitter_tensors([frame0, frame1], rng, self.jitter)
+        if self.camera_artefacts is not None and rng is not None and \
+                rng.random() < self.camera_artefacts.prob:
+            frame0, frame1 = add_camera_artefacts([frame0, frame1], rng, self.camera_artefacts)
         return {'frame0': frame0, 'frame1': frame1, 'depth_gt': depth, 'depth_valid': valid,
                 'K': K}
 
