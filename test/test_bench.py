@@ -63,7 +63,8 @@ def test_bench_train_compares_float32_and_bf16(tmp_path):
                                          'bf16 autocast, fused Adam']
     assert rows[0]['speed-up'] == '1.00x'
     for row in rows:
-        assert float(row['pairs/s']) == pytest.approx(float(row['steps/s']), rel=0.01)
+        # batch size 1: as many pairs as steps; pairs/s is printed to 0.1, steps/s to 0.01
+        assert float(row['pairs/s']) == pytest.approx(float(row['steps/s']), abs=0.051)
 
 
 def test_markdown_report_and_targets_follow_the_numbers(tmp_path):
