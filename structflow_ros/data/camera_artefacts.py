@@ -5,10 +5,10 @@ compressed. A depth network trained on them can lean on that cleanliness (crisp 
 texture means 'near wall') and then meets a real camera's blur, sensor noise, vignetting, tone
 curve and JPEG blocks for the first time at serving. Measured before this existed, with the
 shipped model: ordinal error 0.080 on synthetic rooms against 0.265 on real indoor frames
-(docs/real_camera.md). Drawing those artefacts onto the synthetic frames (domain randomisation,
-Tobin et al. 2017) is meant to teach the network that they carry no depth. Measured: it does not close
-the indoor gap (docs/real_camera.md, "Real-camera artefacts on the renders"), so the recipe
-leaves it off.
+(docs/real_camera.md). Drawing those artefacts onto the synthetic frames (domain
+randomisation, Tobin et al. 2017) is meant to teach the network that they carry no depth.
+Measured: it does not close the indoor gap (docs/real_camera.md, "Real-camera artefacts on the
+renders"), so the recipe leaves it off.
 
 The artefacts follow a camera's order: optics (vignetting, blur), sensor (shot + read noise),
 tone curve (gamma), compression (JPEG). Every frame of one sample gets the same optics, tone
