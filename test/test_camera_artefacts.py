@@ -1,4 +1,4 @@
-"""Real-camera artefacts on rendered frames (data/camera_artefacts.py, finetune --camera-artefacts)."""
+"""Real-camera artefacts on rendered frames (data/camera_artefacts.py, --camera-artefacts)."""
 import numpy as np
 import pytest
 import torch
