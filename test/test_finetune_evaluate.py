@@ -126,6 +126,25 @@ def test_export_then_evaluate(finetuned, tmp_path):
     assert (report_dir / 'synthetic_fog_best_worst.png').stat().st_size > 1000
 
 
+def test_evaluate_input_jpeg_serves_compressed_frames(finetuned, tmp_path, capsys):
+    reports = {}
+    for label, extra in (('raw', []), ('q100', ['--input-jpeg', '100']),
+                         ('q5', ['--input-jpeg', '5'])):
+        out = tmp_path / label
+        assert run(evaluate, ['--weights', str(finetuned), '--synthetic', 'fog:4:9',
+                              '--no-flow', '--device', 'cpu', '--out', str(out)] + extra) == 0
+        reports[label] = json.loads((out / 'metrics.json').read_text())
+    assert reports['raw']['input_jpeg'] is None and reports['q5']['input_jpeg'] == 5
+    depth = {label: r['depth']['synthetic_fog'] for label, r in reports.items()}
+    # The ground truth is the same; only what the network sees changes.
+    assert depth['q5']['floor'] == depth['raw']['floor'] == depth['q100']['floor']
+    raw, q100, q5 = (depth[k]['model']['abs_rel'] for k in ('raw', 'q100', 'q5'))
+    assert abs(q100 - raw) < abs(q5 - raw) and q5 != raw
+    assert run(evaluate, ['--weights', str(finetuned), '--synthetic', 'fog:2:9', '--no-flow',
+                          '--input-jpeg', '0', '--out', str(tmp_path / 'bad')]) == 2
+    assert 'JPEG quality in 1-100, got 0' in capsys.readouterr().err
+
+
 def test_evaluate_missing_weights_is_a_clear_error(tmp_path, capsys):
     assert run(evaluate, ['--weights', str(tmp_path / 'none.pt'), '--out', str(tmp_path)]) == 2
     assert 'checkpoint not found' in capsys.readouterr().err

@@ -14,7 +14,8 @@ row with its cap, 80 m outdoors and 10 m indoors, plus the pooled outdoor row th
 is judged on), folders written by `structflow render` (--folder). Frames are served at the
 network size of their own aspect (--aspect keep) or squashed to the model size (--aspect squash);
 the default, auto, does what the node does with these weights; --aspect both measures the two
-side by side. Flow: EPE and Fl-all on
+side by side. --input-jpeg Q serves every depth frame as a JPEG of quality Q (a camera on
+compressed image transport). Flow: EPE and Fl-all on
 synthetic pairs and Middlebury RubberWhale, beside zero flow, Farneback and DIS.
 Writes OUT/metrics.json, OUT/<set>_best_worst.png and, with --real, OUT/real_sheet.png
 (every real frame: image | ground truth | depth | error).
@@ -46,6 +47,9 @@ def get_args_parser():
                         help='serve each frame at its own aspect (keep) or squashed to the model '
                         "size; auto: what the weights were trained for (the node's default); "
                         'both: measure the two')
+    parser.add_argument('--input-jpeg', type=int, default=None, metavar='QUALITY',
+                        help='serve every depth frame as a JPEG of this quality (1-100), as a '
+                        'camera on compressed image transport delivers it; ground truth as is')
     parser.add_argument('--shared-data', default='', help='shared data folder (default: '
                         '$STRUCTFLOW_SHARED_DATA or ../shared/data)')
     parser.add_argument('--folder', nargs='*', default=[], help='`structflow render` folders')
@@ -139,6 +143,18 @@ def depth_sets(args, config):
     return sets
 
 
+def as_jpeg_stream(sets, quality):
+    """Every depth frame's image encoded as JPEG at `quality` and decoded again, as a camera on
+    compressed image transport delivers it; ground truth, names and caps unchanged."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f'--input-jpeg must be a JPEG quality in 1-100, got {quality}')
+    from structflow_ros.data.image_codec import decode_compressed, encode_compressed
+    return {name: ([dict(frame, rgb=decode_compressed(encode_compressed(
+                        np.ascontiguousarray(frame['rgb']), 'jpeg', quality), 'jpeg'))
+                    for frame in frames], *rest)
+            for name, (frames, *rest) in sets.items()}
+
+
 def pooled(report, names):
     """Mean of per-frame metrics over several sets (every frame weighs the same)."""
     model = [f for n in names for f in report['depth'][n]['per_frame']]
@@ -168,6 +184,8 @@ def main(args):
         device = resolve_device(args.device)
         model, meta = load_model(weights, device)
         sets = depth_sets(args, model.config)
+        if args.input_jpeg is not None:
+            sets = as_jpeg_stream(sets, args.input_jpeg)
         flows = {} if args.no_flow or not model.config.flow_branch else flow_sets(args,
                                                                                   model.config)
     except (ValueError, OSError) as error:
@@ -175,7 +193,8 @@ def main(args):
         return 2
     out = Path(args.out)
     report = {'weights': weights, 'step': meta['step'], 'trained_on': meta['trained_on'],
-              'model_config': meta['model_config'].to_dict(), 'depth': {}, 'flow': {}}
+              'model_config': meta['model_config'].to_dict(), 'input_jpeg': args.input_jpeg,
+              'depth': {}, 'flow': {}}
     keys = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'ordinal_error',
             'scale_ratio_spread')
     if args.aspect == 'auto':
