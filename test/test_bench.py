@@ -43,7 +43,8 @@ def test_bench_model_rows_for_every_available_backend(tiny_weights, tmp_path, ca
         # 'served ms' is printed to 0.1 ms and the ratio is computed from the unrounded times:
         # at this tiny size (a few ms) that rounding alone moves the ratio by more than 0.01.
         served, ref_served = float(row['served ms']), float(reference['served ms'])
-        lowest, highest = (served - 0.05) / (ref_served + 0.05), (served + 0.05) / (ref_served - 0.05)
+        lowest = (served - 0.05) / (ref_served + 0.05)
+        highest = (served + 0.05) / (ref_served - 0.05)
         assert lowest - 0.005 <= float(row['served / ref']) <= highest + 0.005, row
         assert float(row['disp diff'].rstrip('%')) < 2.0, row  # the same model, any backend
         assert float(row['dAbsRel']) == pytest.approx(

@@ -148,10 +148,9 @@ def as_jpeg_stream(sets, quality):
     compressed image transport delivers it; ground truth, names and caps unchanged."""
     if not 1 <= quality <= 100:
         raise ValueError(f'--input-jpeg must be a JPEG quality in 1-100, got {quality}')
-    from structflow_ros.data.image_codec import decode_compressed, encode_compressed
-    return {name: ([dict(frame, rgb=decode_compressed(encode_compressed(
-                        np.ascontiguousarray(frame['rgb']), 'jpeg', quality), 'jpeg'))
-                    for frame in frames], *rest)
+    from structflow_ros.data.image_codec import jpeg_round_trip
+    return {name: ([dict(frame, rgb=jpeg_round_trip(frame['rgb'], quality)) for frame in frames],
+                   *rest)
             for name, (frames, *rest) in sets.items()}
 
 

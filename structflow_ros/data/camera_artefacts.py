@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from structflow_ros.data.image_codec import jpeg_round_trip
+
 
 @dataclass(frozen=True)
 class CameraArtefacts:
@@ -86,10 +88,7 @@ def add_camera_artefacts(frames: List[torch.Tensor], rng: np.random.Generator,
             std = noise * np.sqrt((0.25 + np.clip(image, 0, 1)) / 0.75)
             image = image + std * rng.standard_normal(image.shape).astype(np.float32)
         image = np.clip(image, 0.0, 1.0) ** gamma
-        # OpenCV's JPEG takes BGR: its luma/chroma split must see the channels in that order.
-        bgr = cv2.cvtColor(np.round(image * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-        encoded = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
-        image = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR),
-                             cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+        image = jpeg_round_trip(np.round(image * 255).astype(np.uint8), quality)
+        image = image.astype(np.float32) / 255.0
         out.append(torch.from_numpy(image).permute(2, 0, 1).contiguous())  # (3, H, W)
     return out

@@ -374,3 +374,9 @@ def encode_compressed(image: np.ndarray, fmt: str = 'jpeg', quality: int = 95) -
     if not ok:
         raise ImageDecodeError(f'OpenCV failed to encode a {image.shape} image as {fmt}')
     return encoded.tobytes()
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image as a JPEG of `quality` delivers it: encoded and decoded
+    again (what a camera on compressed image transport hands the node)."""
+    return decode_compressed(encode_compressed(image, 'jpeg', quality), 'jpeg')
