@@ -35,6 +35,10 @@ DEPTH_GRADIENT=${DEPTH_GRADIENT:-0}
 CAMERA_ARTEFACTS=${CAMERA_ARTEFACTS:-0}
 ARTEFACT_FLAG=""
 [ "$CAMERA_ARTEFACTS" = 1 ] && ARTEFACT_FLAG=--camera-artefacts
+# 1: real photographs (crops of the pretraining clips above, never evaluation frames) on half
+# the rooms' objects and a quarter of their walls (finetune --photo-textures); 0: procedural
+# materials only.
+PHOTO_TEXTURES=${PHOTO_TEXTURES:-0}
 STAGES=${STAGES:-pretrain finetune export}
 U=$SHARED/udacity_calibrated_video
 # Pretraining starts from the first default model's flow path (synthetic + KITTI, made by
@@ -54,6 +58,8 @@ SYNTHETIC="synthetic:day:300:11 synthetic:dusk:300:12 synthetic:overcast:300:13 
 # finetuning measured in docs/real_camera.md, worse indoors than with them).
 STREETS=${STREETS-synthetic:day:600:21 synthetic:dusk:600:22 synthetic:overcast:600:23}
 HELD_OUT="synthetic:fog:24:100"
+TEXTURE_FLAG=""
+[ "$PHOTO_TEXTURES" = 1 ] && TEXTURE_FLAG="--photo-textures $REAL_VIDEO"
 
 for stage in $STAGES; do
   case $stage in
@@ -79,7 +85,7 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
       $PY -m structflow_ros.cli finetune --init "$FINETUNE_INIT" \
         --data $STREETS $ROOMS \
         --video $VIDEO --supervised --self-supervised --depth-gradient-weight "$DEPTH_GRADIENT" \
-        --random-crops --color-jitter $ARTEFACT_FLAG \
+        --random-crops --color-jitter $ARTEFACT_FLAG $TEXTURE_FLAG \
         --input-norm per_image --eval $HELD_OUT \
         --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --seed "$SEED" --ema "$EMA" --out "$RUN/finetune" --resume ;;

@@ -231,6 +231,7 @@ def test_finetune_on_calibrated_video_with_random_crops(tmp_path):
                           '--data', 'synthetic:day:24:1', 'synthetic:room:12:2',
                           '--video', f'{folder}#calib={camera}',
                           '--random-crops', '--color-jitter', '--camera-artefacts',
+                          '--photo-textures', str(folder),
                           '--steps', '4', '--batch-size', '2',
                           '--device', 'cpu', '--threads', '1', '--no-progress',
                           '--out', str(out)]) == 0
@@ -245,6 +246,7 @@ def test_finetune_on_calibrated_video_with_random_crops(tmp_path):
     train_config = read_checkpoint(out / 'last.pt')['train_config']
     assert train_config['random_crops'] is True and train_config['color_jitter'] is True
     assert train_config['camera_artefacts'] is True
+    assert train_config['photo_textures'] == [str(folder)]
     assert train_config['training_sizes'] == [list(s) for s in datasets.TRAINING_SIZES]
 
 

@@ -49,6 +49,11 @@ def get_args_parser():
                         help='draw real-camera artefacts onto half the synthetic frames '
                         '(data.camera_artefacts: vignetting, blur, sensor noise, tone curve, '
                         'JPEG), so that the rendered frames\' cleanliness carries no depth')
+    parser.add_argument('--photo-textures', nargs='+', default=[], metavar='SPEC',
+                        help='real video / image folder specs whose frames texture some '
+                        'surfaces of the synthetic rooms (data/synthetic/photo_textures.py: '
+                        'half the objects, a quarter of the walls), so that a surface\'s '
+                        'material carries no depth; never evaluation frames')
     parser.add_argument('--random-crops', action='store_true',
                         help='random crops at every training aspect (training.datasets.'
                         'TRAINING_SIZES) instead of the model size only')
@@ -115,13 +120,19 @@ def main(args):
                                  'in --video with calib=FILE)')
         sizes = datasets.TRAINING_SIZES if args.random_crops else ((config.height,
                                                                      config.width),)
+        textures = None
+        if args.photo_textures:
+            from structflow_ros.data.synthetic.photo_textures import PhotoTextures
+            textures = PhotoTextures.from_specs(args.photo_textures, seed=args.seed)
         sequences = []
         for spec in map(datasets.SyntheticSpec.parse, args.data):
+            room = datasets.is_room_domain(spec.domain)
             # The spec's frame count shared out over the sizes, each size its own drive.
             for k, size in enumerate(sizes):
                 part = datasets.SyntheticSpec(spec.domain, max(2, spec.frames // len(sizes)),
                                               spec.seed + 1000 * k)
-                sequences.append(datasets.render_synthetic(part, *size))
+                sequences.append(datasets.render_synthetic(part, *size,
+                                                           textures if room else None))
         jitter = datasets.DEPTH_JITTER if args.color_jitter else None
         video = (datasets.CalibratedVideoDataset(args.video, sizes, seed=args.seed,
                                                  jitter=jitter) if args.video else None)
@@ -199,6 +210,7 @@ def main(args):
                          'random_crops': bool(args.random_crops),
                          'color_jitter': bool(args.color_jitter),
                          'camera_artefacts': bool(args.camera_artefacts),
+                         'photo_textures': list(args.photo_textures),
                          'training_sizes': [list(s) for s in sizes]})
     return cli_common.run_training('finetune', model, make_batches, loop, step_config, run,
                                    evaluate)

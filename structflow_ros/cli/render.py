@@ -69,6 +69,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help='also write OUT/preview_<domain>.png (RGB | depth | flow rows)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace earlier output of this command for the same domain')
+    parser.add_argument('--photo-textures', nargs='+', default=[], metavar='SPEC',
+                        help='video / image folder specs whose frames texture some surfaces of '
+                        'the room domains (what finetune --photo-textures trains on)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -148,7 +151,8 @@ def render_domain(domain: str, args, width: int, height: int, progress: bool):
     target = args.out / domain
     _prepare_target(target, args.overwrite, 'camera.json' if args.format == 'folder'
                     else 'metadata.yaml')
-    renderer = open_renderer(domain, args.frames, height, width, args.seed, args.fps)
+    textures = getattr(args, 'textures', None) if config.scene == 'room' else None
+    renderer = open_renderer(domain, args.frames, height, width, args.seed, args.fps, textures)
     writer = (_FolderWriter(target) if args.format == 'folder'
               else _BagOutput(target, args.storage))
     preview_at = set(np.linspace(0, args.frames - 1, min(PREVIEW_ROWS, args.frames)).round()
@@ -189,6 +193,7 @@ def render_domain(domain: str, args, width: int, height: int, progress: bool):
             'pixels': 'pixel (u, v) is the centre of column u, row v',
         },
         'format': args.format,
+        'photo_textures': list(args.photo_textures) if textures is not None else [],
         'frames': records,
     }
     if args.format == 'bag':
@@ -216,6 +221,16 @@ def main(args) -> int:
             raise RenderCliError(f'image size must be at least 8x8, got {width}x{height}')
         if not args.fps > 0:
             raise RenderCliError(f'--fps must be > 0, got {args.fps}')
+        args.textures = None
+        if args.photo_textures:
+            if not any(synthetic_domains.get_domain(n).scene == 'room' for n in names):
+                raise RenderCliError('--photo-textures textures the room scenes; none of '
+                                     f'{", ".join(names)} is one (room domains: ' +
+                                     ', '.join(d for d in synthetic_domains.DOMAINS
+                                               if synthetic_domains.get_domain(d).scene ==
+                                               'room') + ')')
+            from structflow_ros.data.synthetic.photo_textures import PhotoTextures
+            args.textures = PhotoTextures.from_specs(args.photo_textures, seed=args.seed)
         args.out.mkdir(parents=True, exist_ok=True)
         for name in names:
             seconds, count, preview = render_domain(name, args, width, height,

@@ -53,10 +53,18 @@ class SyntheticSpec:
 
 
 @functools.lru_cache(maxsize=16)
-def render_synthetic(spec: SyntheticSpec, height: int, width: int):
-    """Render (and cache per process) a synthetic sequence at the model size."""
+def render_synthetic(spec: SyntheticSpec, height: int, width: int, textures=None):
+    """Render (and cache per process) a synthetic sequence at the model size; textures: a
+    PhotoTextures bank for room scenes (finetune --photo-textures)."""
     from structflow_ros.data.synthetic import render_sequence
-    return tuple(render_sequence(spec.domain, spec.frames, height, width, seed=spec.seed))
+    return tuple(render_sequence(spec.domain, spec.frames, height, width, seed=spec.seed,
+                                 textures=textures))
+
+
+def is_room_domain(domain):
+    """True for the indoor room scenes (photo textures apply to them only)."""
+    from structflow_ros.data.synthetic.domains import get_domain
+    return get_domain(domain).scene == 'room'
 
 
 def resolve_path(path):

@@ -157,21 +157,25 @@ class Renderer:
 
 
 def open_renderer(domain, num_frames: int, height: int, width: int, seed: int = 0,
-                  fps: float = 10.0):
+                  fps: float = 10.0, textures=None):
     """The renderer of a domain's scene: the street (Renderer) or a room (room.RoomRenderer);
-    both have K, time_of, stamp_of, cast and frames."""
+    both have K, time_of, stamp_of, cast and frames. textures: a photo_textures.PhotoTextures
+    bank for some of a room's surfaces (room scenes only)."""
     config = get_domain(domain)
     if config.scene == 'room':
         from structflow_ros.data.synthetic.room import RoomRenderer
-        return RoomRenderer(config, num_frames, height, width, seed, fps)
+        return RoomRenderer(config, num_frames, height, width, seed, fps, textures)
+    if textures is not None:
+        raise ValueError(f"photo textures are drawn on room scenes only; domain '{domain}' is "
+                         f"a {config.scene} scene")
     return Renderer(config, num_frames, height, width, seed, fps)
 
 
 def render_sequence(domain: str, num_frames: int, height: int, width: int, seed: int = 0,
-                    fps: float = 10.0) -> Iterator[SyntheticFrame]:
+                    fps: float = 10.0, textures=None) -> Iterator[SyntheticFrame]:
     """Yield `num_frames` SyntheticFrames of a seeded drive (or room walk) in `domain`
     (deterministic)."""
-    return open_renderer(domain, num_frames, height, width, seed, fps).frames()
+    return open_renderer(domain, num_frames, height, width, seed, fps, textures).frames()
 
 
 def measure_render_speed(height: int = 96, width: int = 320, frames: int = 20,

@@ -30,6 +30,7 @@ import numpy as np
 from structflow_ros.data.synthetic import world as W
 from structflow_ros.data.synthetic.camera import camera_rotation, intrinsics
 from structflow_ros.data.synthetic.domains import DomainConfig
+from structflow_ros.data.synthetic.photo_textures import OBJECT_SHARE, WALL_SHARE
 from structflow_ros.data.synthetic.render import Renderer, _check_args
 from structflow_ros.data.synthetic.shading import box, fbm, hash01, periodic_box
 
@@ -521,11 +522,13 @@ def _face_uv(local, face):
 
 
 class RoomShader:
-    """Linear RGB of a room Geometry: per-material albedo, lamps, ambient light, emitters."""
+    """Linear RGB of a room Geometry: per-material albedo, lamps, ambient light, emitters;
+    with a PhotoTextures bank, photographs on some objects and walls (photo_textures.py)."""
 
-    def __init__(self, world: RoomWorld):
+    def __init__(self, world: RoomWorld, textures=None):
         self.world = world
         self.look = world.look
+        self.textures = textures
 
     def shade(self, g: W.Geometry) -> np.ndarray:
         n = g.depth.size
@@ -539,7 +542,39 @@ class RoomShader:
         idx = np.flatnonzero(g.obj >= 0)
         if idx.size:
             albedo[idx], emission[idx] = self._objects(g, idx, fp[idx], objects)
+        if self.textures is not None:
+            self._photographs(g, albedo, fp)
         return albedo * self._lighting(g) + emission
+
+    def _photographs(self, g, albedo, fp):
+        """Replace the albedo of the chosen objects and walls by a photo texture; which ones,
+        which texture and how large depend only on the object's (or wall's) seed, so every
+        frame of the walk shows the same."""
+        objects = self.world.objects
+        idx = np.flatnonzero(g.obj >= 0)
+        if idx.size:
+            seed = objects.seed[g.obj[idx]]
+            chosen = (hash01(seed, 101) < OBJECT_SHARE) & ~np.isin(
+                objects.kind[g.obj[idx]], (LIGHT, WINDOW, SCREEN))
+            k = idx[chosen]
+            if k.size:
+                u, v = _face_uv(g.local[k], g.face[k])
+                albedo[k] = self.textures.sample(
+                    (hash01(seed[chosen], 102) * 1e6).astype(np.int64), u, v,
+                    0.4 + 1.1 * hash01(seed[chosen], 103), fp[k])
+        w = np.flatnonzero((g.obj == W.TERRAIN_ID) & (g.face < FLOOR))
+        if w.size:
+            face = g.face[w]
+            chosen = (hash01(np.full(w.size, self.world.seed), face, 104) < WALL_SHARE) & \
+                (g.point[w, 2] > 0.08)        # the skirting stays
+            k, face = w[chosen], face[chosen]
+            if k.size:
+                p = g.point[k]
+                u = np.where(face < WALL_Y0, p[:, 1], p[:, 0])
+                wall_seed = np.full(k.size, self.world.seed)
+                albedo[k] = self.textures.sample(
+                    (hash01(wall_seed, face, 105) * 1e6).astype(np.int64), u, p[:, 2],
+                    1.5 + 2.0 * hash01(wall_seed, face, 106), fp[k])
 
     def _shell(self, g, idx, fp):
         look = self.look
@@ -689,10 +724,11 @@ def room_config(config: DomainConfig, seed: int) -> DomainConfig:
 
 class RoomRenderer(Renderer):
     """Renders frames of one (seed, size) room walk: the street Renderer with a room's world,
-    cast and shader (frames, stamps and ground truth come from Renderer)."""
+    cast and shader (frames, stamps and ground truth come from Renderer). textures: a
+    photo_textures.PhotoTextures bank (None: procedural materials only)."""
 
     def __init__(self, domain: DomainConfig, num_frames: int, height: int, width: int,
-                 seed: int = 0, fps: float = 10.0):
+                 seed: int = 0, fps: float = 10.0, textures=None):
         _check_args(num_frames, height, width, fps)
         self.config = room_config(domain, seed)
         self.domain = domain.name
@@ -702,7 +738,7 @@ class RoomRenderer(Renderer):
         self.fps = float(fps)
         self.world = RoomWorld(self.config, self.seed, (self.num_frames + 1) / self.fps)
         self.K = intrinsics(self.config, self.height, self.width)
-        self.shader = RoomShader(self.world)
+        self.shader = RoomShader(self.world, textures)
 
     def cast(self, index: int) -> W.Geometry:
         return cast_room(self.world, self.time_of(index), self.K, self.height, self.width)
