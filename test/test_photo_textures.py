@@ -132,3 +132,12 @@ def test_render_cli_textures_rooms_and_refuses_streets_only(tmp_path, capsys):
             '--photo-textures', str(folder), '--no-progress']
     assert render_cli.main(render_cli.get_args_parser().parse_args(argv)) == 2
     assert 'room domains: room, desk' in capsys.readouterr().err
+
+
+def test_finetune_refuses_photo_textures_without_a_room(tmp_path, capsys):
+    from structflow_ros.cli import finetune
+    argv = ['--scratch', '--supervised', '--data', 'synthetic:day:4:1', '--photo-textures',
+            str(tmp_path), '--steps', '1', '--out', str(tmp_path / 'ft')]
+    assert finetune.main(finetune.get_args_parser().parse_args(argv)) == 2
+    assert '--data has no room scene' in capsys.readouterr().err
+    assert not (tmp_path / 'ft' / 'last.pt').exists()

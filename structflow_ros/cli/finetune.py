@@ -122,6 +122,11 @@ def main(args):
                                                                      config.width),)
         textures = None
         if args.photo_textures:
+            if not any(datasets.is_room_domain(datasets.SyntheticSpec.parse(spec).domain)
+                       for spec in args.data):
+                raise ValueError('--photo-textures textures the synthetic rooms; --data has no '
+                                 'room scene (add synthetic:room:FRAMES:SEED or '
+                                 'synthetic:desk:FRAMES:SEED)')
             from structflow_ros.data.synthetic.photo_textures import PhotoTextures
             textures = PhotoTextures.from_specs(args.photo_textures, seed=args.seed)
         sequences = []
