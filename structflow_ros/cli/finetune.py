@@ -29,6 +29,7 @@ from structflow_ros.core.checkpoint import CheckpointError, load_state_strict, r
 from structflow_ros.core.losses import DepthLossConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.core.training import TrainStepConfig
+from structflow_ros.data.synthetic.domains import room_domains
 from structflow_ros.training import cli_common, datasets
 from structflow_ros.training.trainer import RunSpec
 
@@ -122,7 +123,7 @@ def main(args):
                                                                      config.width),)
         textures = None
         if args.photo_textures:
-            if not any(datasets.is_room_domain(datasets.SyntheticSpec.parse(spec).domain)
+            if not any(datasets.SyntheticSpec.parse(spec).domain in room_domains()
                        for spec in args.data):
                 raise ValueError('--photo-textures textures the synthetic rooms; --data has no '
                                  'room scene (add synthetic:room:FRAMES:SEED or '
@@ -131,7 +132,7 @@ def main(args):
             textures = PhotoTextures.from_specs(args.photo_textures, seed=args.seed)
         sequences = []
         for spec in map(datasets.SyntheticSpec.parse, args.data):
-            room = datasets.is_room_domain(spec.domain)
+            room = spec.domain in room_domains()
             # The spec's frame count shared out over the sizes, each size its own drive.
             for k, size in enumerate(sizes):
                 part = datasets.SyntheticSpec(spec.domain, max(2, spec.frames // len(sizes)),

@@ -143,7 +143,7 @@ class _BagOutput:
         self.bag.close()
 
 
-def render_domain(domain: str, args, width: int, height: int, progress: bool):
+def render_domain(domain: str, args, width: int, height: int, progress: bool, textures=None):
     """Render one domain to args.out/<domain>; returns (seconds, frames, preview path)."""
     from structflow_ros.data.synthetic.preview import contact_sheet, write_png
     from structflow_ros.data.synthetic.render import open_renderer
@@ -151,7 +151,7 @@ def render_domain(domain: str, args, width: int, height: int, progress: bool):
     target = args.out / domain
     _prepare_target(target, args.overwrite, 'camera.json' if args.format == 'folder'
                     else 'metadata.yaml')
-    textures = getattr(args, 'textures', None) if config.scene == 'room' else None
+    textures = textures if domain in synthetic_domains.room_domains() else None
     renderer = open_renderer(domain, args.frames, height, width, args.seed, args.fps, textures)
     writer = (_FolderWriter(target) if args.format == 'folder'
               else _BagOutput(target, args.storage))
@@ -221,20 +221,20 @@ def main(args) -> int:
             raise RenderCliError(f'image size must be at least 8x8, got {width}x{height}')
         if not args.fps > 0:
             raise RenderCliError(f'--fps must be > 0, got {args.fps}')
-        args.textures = None
+        textures = None
         if args.photo_textures:
-            if not any(synthetic_domains.get_domain(n).scene == 'room' for n in names):
+            rooms = synthetic_domains.room_domains()
+            if not set(names) & set(rooms):
                 raise RenderCliError('--photo-textures textures the room scenes; none of '
-                                     f'{", ".join(names)} is one (room domains: ' +
-                                     ', '.join(d for d in synthetic_domains.DOMAINS
-                                               if synthetic_domains.get_domain(d).scene ==
-                                               'room') + ')')
+                                     f'{", ".join(names)} is one (room domains: '
+                                     f'{", ".join(rooms)})')
             from structflow_ros.data.synthetic.photo_textures import PhotoTextures
-            args.textures = PhotoTextures.from_specs(args.photo_textures, seed=args.seed)
+            textures = PhotoTextures.from_specs(args.photo_textures, seed=args.seed)
         args.out.mkdir(parents=True, exist_ok=True)
         for name in names:
             seconds, count, preview = render_domain(name, args, width, height,
-                                                    progress=not args.no_progress)
+                                                    progress=not args.no_progress,
+                                                    textures=textures)
             where = args.out / name
             print(f'{name}: {count} frames {width}x{height} -> {where} ({args.format}) in '
                   f'{seconds:.1f} s, {count / max(seconds, 1e-9):.1f} frames/s (incl. writing)')

@@ -61,12 +61,6 @@ def render_synthetic(spec: SyntheticSpec, height: int, width: int, textures=None
                                  textures=textures))
 
 
-def is_room_domain(domain):
-    """True for the indoor room scenes (photo textures apply to them only)."""
-    from structflow_ros.data.synthetic.domains import get_domain
-    return get_domain(domain).scene == 'room'
-
-
 def resolve_path(path):
     """A folder written by `structflow render` trains on its rgb/ frames."""
     path = Path(path)

@@ -158,6 +158,11 @@ def get_domain(name: str) -> DomainConfig:
                          f'{", ".join(DOMAINS)}') from None
 
 
+def room_domains() -> list:
+    """Names of the domains whose scene is a room (photo textures apply to them only)."""
+    return [name for name, config in DOMAINS.items() if config.scene == 'room']
+
+
 def parse_domains(spec) -> list:
     """'all', 'day', 'day,fog' or a list of names -> list of valid domain names."""
     if isinstance(spec, str):

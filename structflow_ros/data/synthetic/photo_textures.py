@@ -29,7 +29,7 @@ WALL_SHARE = 0.25
 MIP_LEVELS = 4             # 128, 64, 32 and 16 texels a side
 
 
-@dataclass
+@dataclass(eq=False)   # compared and hashed by identity: a bank keys the render cache
 class PhotoTextures:
     """Square photo crops for the room shader. textures: (N, S, S, 3) float32 linear RGB;
     sources: the specs they came from (for the checkpoint)."""
@@ -44,15 +44,11 @@ class PhotoTextures:
             raise ValueError(f'PhotoTextures needs (N, S, S, 3) textures with N >= 1 and S >= '
                              f'{2 ** MIP_LEVELS}, got shape {self.textures.shape}')
         # Mip pyramid: level k is 2^k times smaller, each texel the mean of the finer level's.
-        self.levels = [self.textures.astype(np.float32)]
+        self.levels = [np.asarray(self.textures, np.float32)]
         for _ in range(1, MIP_LEVELS):
             finer = self.levels[-1]
             self.levels.append(0.25 * (finer[:, 0::2, 0::2] + finer[:, 1::2, 0::2]
                                        + finer[:, 0::2, 1::2] + finer[:, 1::2, 1::2]))
-
-    # A bank is shared by every render of a run and keys the render cache by identity.
-    __hash__ = object.__hash__
-    __eq__ = object.__eq__
 
     def __len__(self):
         return len(self.textures)
