@@ -52,7 +52,12 @@ KITTI="$SHARED/kitti_odometry_clips/KITTI_sequence_1/image_l $SHARED/kitti_odome
 # (a room of its own per size), so 120 rooms; without them the model loses to a constant depth
 # on real indoor cameras.
 ROOM_SEEDS=${ROOM_SEEDS:-$(seq 31 50)}
-ROOMS=$(for seed in $ROOM_SEEDS; do printf 'synthetic:room:%s:%s ' "$ROOM_FRAMES" "$seed"; done)
+# room: furniture as solid blocks; cluttered_room: the same rooms made irregular (open shelves,
+# people, office chairs, partitions, piles; data/synthetic/room.py, measured in
+# docs/real_camera.md).
+ROOM_DOMAIN=${ROOM_DOMAIN:-room}
+ROOMS=$(for seed in $ROOM_SEEDS; do
+  printf 'synthetic:%s:%s:%s ' "$ROOM_DOMAIN" "$ROOM_FRAMES" "$seed"; done)
 SYNTHETIC="synthetic:day:300:11 synthetic:dusk:300:12 synthetic:overcast:300:13 synthetic:day:300:14"
 # Supervised synthetic streets of the finetuning (STREETS="" leaves them out: the indoor-only
 # finetuning measured in docs/real_camera.md, worse indoors than with them).

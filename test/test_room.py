@@ -11,14 +11,15 @@ from structflow_ros.training import datasets
 from test_synthetic import _static_flow, _warp_back
 
 
-@pytest.fixture(scope='module', params=['room', 'desk'])
+@pytest.fixture(scope='module', params=['room', 'desk', 'cluttered_room', 'cluttered_desk'])
 def room_frames(request):
-    # Both room cameras: the walk around the room and the workspace circling a table.
+    # Both room cameras (the walk around the room and the workspace circling a table), in
+    # rooms of solid blocks and in cluttered ones.
     return list(render_sequence(request.param, 4, 96, 128, seed=3))
 
 
 def test_room_frames_have_dense_depth_inside_the_room(room_frames):
-    renderer = open_renderer('room', 4, 96, 128, seed=3)
+    renderer = open_renderer(room_frames[0].domain, 4, 96, 128, seed=3)
     assert isinstance(renderer, R.RoomRenderer)
     width, length, height = renderer.world.size
     diagonal = float(np.sqrt(width ** 2 + length ** 2 + height ** 2))
@@ -26,7 +27,7 @@ def test_room_frames_have_dense_depth_inside_the_room(room_frames):
         # A closed room: every pixel hits a surface, nearer than the room's diagonal.
         assert frame.depth_valid.all()
         assert 0.05 < frame.depth.min() and frame.depth.max() < diagonal
-        assert frame.domain in ('room', 'desk')
+        assert frame.domain in ('room', 'desk', 'cluttered_room', 'cluttered_desk')
         position = frame.pose_c2w[:3, 3]
         assert 0 < position[0] < width and 0 < position[1] < length
         assert 0.25 < position[2] < 1.75
@@ -45,7 +46,7 @@ def test_room_static_flow_is_exact_and_warps_the_next_frame(room_frames):
         assert warped_error < 0.4 * unwarped_error
 
 
-@pytest.mark.parametrize('domain', ['room', 'desk'])
+@pytest.mark.parametrize('domain', ['room', 'desk', 'cluttered_room', 'cluttered_desk'])
 def test_the_camera_never_comes_within_20_cm_of_an_object(domain):
     for seed in range(6):
         world = R.RoomWorld(get_domain(domain), seed, 30.0)
@@ -156,3 +157,76 @@ def test_desk_views_are_nearer_than_walks_in_the_same_rooms_and_the_camera_is_ch
     import dataclasses
     with pytest.raises(ValueError, match="valid: 'walk', 'workspace'"):
         R.RoomWorld(dataclasses.replace(get_domain('room'), room_camera='orbit'), 0, 5.0)
+
+
+def _row(objects, i):
+    """Object i as a rounded (shape, kind, half, yaw, pos) tuple."""
+    return (int(objects.shape[i]), int(objects.kind[i]), *np.round(objects.half[i], 9),
+            round(float(objects.yaw[i]), 9), *np.round(objects.pos[i], 9))
+
+
+def _rows(objects, keep):
+    """The objects `keep` (bool mask) as a set of rows."""
+    return {_row(objects, i) for i in np.flatnonzero(keep)}
+
+
+@pytest.mark.parametrize('domain', ['room', 'desk'])
+def test_a_cluttered_room_is_the_same_room_made_irregular(domain):
+    people = chairs = shelves = books_on_shelves = 0
+    for seed in range(8):
+        boxes = R.RoomWorld(get_domain(domain), seed, 30.0)
+        cluttered = R.RoomWorld(get_domain(f'cluttered_{domain}'), seed, 30.0)
+        assert cluttered.size == boxes.size and cluttered.look == boxes.look
+        plain, messy = boxes.objects, cluttered.objects
+        # Solid shelves (tall BOOKS blocks against a wall) become open shelves; every other
+        # block of the plain room is still there, exactly (the clutter has its own draws).
+        shelf = (plain.kind == R.BOOKS) & np.isclose(plain.pos[:, 2], plain.half[:, 2])
+        shelf &= plain.half[:, 2] > 0.3
+        assert _rows(plain, ~shelf) <= _rows(messy, np.ones(len(messy.kind), bool))
+        assert not _rows(plain, shelf) & _rows(messy, np.ones(len(messy.kind), bool))
+        assert len(messy.kind) > len(plain.kind) + 20
+        shelves += int(shelf.sum())
+        kept = _rows(plain, ~shelf)
+        new = np.array([_row(messy, i) not in kept for i in range(len(messy.kind))])
+        for i in np.flatnonzero(shelf):
+            # The open shelf stands inside the solid one it replaced: every part, turned as
+            # it is, within the block's extent.
+            inside = new & np.all(np.abs(messy.pos - plain.pos[i]) <= plain.half[i] + 1e-6, 1)
+            c, s = np.abs(np.cos(messy.yaw)), np.abs(np.sin(messy.yaw))
+            extent = np.stack([c * messy.half[:, 0] + s * messy.half[:, 1],
+                               s * messy.half[:, 0] + c * messy.half[:, 1], messy.half[:, 2]], 1)
+            assert np.all(np.abs(messy.pos[inside] - plain.pos[i]) + extent[inside]
+                          <= plain.half[i] + 1e-6)
+            books = inside & (messy.kind == R.SPINES)
+            books_on_shelves += int(books.sum())
+            # Runs of books (spines along their local x) leave gaps on every level.
+            covered = 2 * messy.half[books, 0].sum()
+            levels = len(np.unique(np.round(messy.pos[books, 2] - messy.half[books, 2], 6)))
+            if books.any():
+                # Turned a quarter (yaw pi/2) on the walls at x = 0 and x = width.
+                along = plain.half[i, 1] if np.isclose(messy.yaw[books][0], np.pi / 2) else \
+                    plain.half[i, 0]
+                assert covered < levels * 2 * along
+        people += int((messy.kind == R.SKIN).sum())
+        # An office chair's star base: two crossed metal bars 0.6 m long, 6 cm off the floor.
+        chairs += int(((messy.kind == R.METAL) & (messy.half[:, 0] == 0.3) &
+                       np.isclose(messy.pos[:, 2], 0.06)).sum()) // 2
+    assert people >= 2 and chairs >= 2
+    assert shelves >= 2 and books_on_shelves >= 3 * shelves
+
+
+def test_cluttered_rooms_have_more_depth_edges_and_the_furnishing_is_checked():
+    def edges(domain):
+        fractions = []
+        for seed in range(4):
+            for frame in render_sequence(domain, 2, 96, 128, seed=seed):
+                log_depth = np.log(frame.depth)
+                step = np.maximum(np.abs(np.diff(log_depth, axis=0))[:, :-1],
+                                  np.abs(np.diff(log_depth, axis=1))[:-1])
+                fractions.append(float((step > 0.05).mean()))
+        return float(np.mean(fractions))
+    # More, smaller things in front of each other: more depth discontinuities per picture.
+    assert edges('cluttered_room') > 1.2 * edges('room')
+    import dataclasses
+    with pytest.raises(ValueError, match="valid: 'boxes', 'cluttered'"):
+        R.RoomWorld(dataclasses.replace(get_domain('room'), room_furnishing='messy'), 0, 5.0)

@@ -167,6 +167,11 @@ def test_every_domain_renders_and_looks_different():
     names = list(DOMAINS)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
+            if b == f'cluttered_{a}':
+                # The same room and look, furnished otherwise: the geometry differs instead.
+                assert not np.array_equal(_frames(a, 1, 48, 128, seed=0)[0].depth,
+                                          _frames(b, 1, 48, 128, seed=0)[0].depth), (a, b)
+                continue
             assert np.abs(means[a] - means[b]).max() > 5, (a, b)
     assert contrast['fog'] < 0.6 * contrast['day']
     assert means['night'].mean() < means['day'].mean() - 20

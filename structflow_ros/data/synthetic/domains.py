@@ -26,6 +26,12 @@ class DomainConfig:
     # where it goes; 'workspace' circles a work table at arm's length, looking at the table or
     # out at the furniture along the walls (a hand-held camera, a manipulator's wrist camera).
     room_camera: str = 'walk'
+    # What furnishes a room (scene 'room' only): 'boxes' is furniture as solid blocks;
+    # 'cluttered' is the same room (same seed, same blocks where they stay) made as messy as
+    # real offices and homes: open shelves with gaps and uneven rows of books, people, office
+    # chairs, desk partitions, desk clusters, piles of boxes and bags, and loose things on
+    # every desk (room.py, RoomWorld._clutter_room).
+    room_furnishing: str = 'boxes'
     # Camera. fx = fy = focal_x_frac * width: 0.58 is KITTI's ratio (fx 721 px at 1242 wide),
     # so 640x192 renders look like the monodepth2 input.
     focal_x_frac: float = 0.58
@@ -144,6 +150,16 @@ DOMAINS: Dict[str, DomainConfig] = {
         name='desk', scene='room', room_camera='workspace', camera_height_m=1.3,
         camera_pitch_deg=30.0, speed_mps=0.3, fog_density=0.0, saturation=0.95, contrast=1.0,
         exposure=1.1),
+    # The same two cameras in cluttered rooms (room_furnishing above): real indoor scenes are
+    # not boxes in a box, and a model that learned only blocks flattens real clutter (TUM).
+    'cluttered_room': DomainConfig(
+        name='cluttered_room', scene='room', room_furnishing='cluttered', camera_height_m=1.0,
+        camera_pitch_deg=10.0, speed_mps=0.5, fog_density=0.0, saturation=0.95, contrast=1.0,
+        exposure=1.1),
+    'cluttered_desk': DomainConfig(
+        name='cluttered_desk', scene='room', room_camera='workspace',
+        room_furnishing='cluttered', camera_height_m=1.3, camera_pitch_deg=30.0,
+        speed_mps=0.3, fog_density=0.0, saturation=0.95, contrast=1.0, exposure=1.1),
 }
 
 

@@ -35,7 +35,8 @@ from structflow_ros.data.synthetic.render import Renderer, _check_args
 from structflow_ros.data.synthetic.shading import box, fbm, hash01, periodic_box
 
 # Materials of room objects (ObjectTable.kind).
-WOOD, PAINTED, FABRIC, SCREEN, PICTURE, WINDOW, DOOR, LIGHT, PLANT, METAL, BOOKS = range(11)
+WOOD, PAINTED, FABRIC, SCREEN, PICTURE, WINDOW, DOOR, LIGHT, PLANT, METAL, BOOKS, SPINES, SKIN = \
+    range(13)
 # The shell is 'terrain' to the shared code (static, never sky); its face buffer holds which
 # side was hit: the walls at x = 0, x = width, y = 0, y = length, then floor and ceiling.
 WALL_X0, WALL_X1, WALL_Y0, WALL_Y1, FLOOR, CEILING = range(6)
@@ -53,6 +54,9 @@ _PAINT_COLORS = ((0.85, 0.85, 0.83), (0.12, 0.12, 0.13), (0.55, 0.57, 0.60), (0.
                  (0.15, 0.25, 0.45), (0.80, 0.72, 0.55), (0.30, 0.40, 0.30), (0.90, 0.90, 0.92))
 _FABRIC_COLORS = ((0.35, 0.35, 0.38), (0.55, 0.20, 0.15), (0.20, 0.30, 0.50), (0.60, 0.55, 0.45),
                   (0.25, 0.40, 0.30), (0.70, 0.68, 0.65), (0.45, 0.30, 0.40))
+
+_SKIN_COLORS = ((0.85, 0.64, 0.52), (0.70, 0.50, 0.38), (0.52, 0.36, 0.26), (0.36, 0.24, 0.17),
+                (0.92, 0.74, 0.62))
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,9 @@ class RoomWorld:
         if config.room_camera not in ('walk', 'workspace'):
             raise ValueError(f"unknown room camera {config.room_camera!r}; "
                              "valid: 'walk', 'workspace'")
+        if config.room_furnishing not in ('boxes', 'cluttered'):
+            raise ValueError(f"unknown room furnishing {config.room_furnishing!r}; "
+                             "valid: 'boxes', 'cluttered'")
         if workspace:
             # Its own random stream, so the 'walk' rooms stay exactly as they were.
             rng_workspace = W._rng(seed, 44)
@@ -231,6 +238,11 @@ class RoomWorld:
         self._path_xy = self.path.xy_samples()
         builder = W._ObjectBuilder()
         self._footprints = []
+        # What the clutter pass builds on (it draws from its own random stream, so the blocks'
+        # layout is the 'boxes' room's): builder rows of the solid shelves with their wall, and
+        # the surfaces things stand on (x, y, half_x, half_y, top, is_table).
+        self._shelves = []
+        self._surfaces = []
         rng_objects = W._rng(seed, 42)
         # Things on every table and low cabinet: 0-4 in a walk, 2-7 around a workspace.
         self._clutter_counts = (2, 8) if workspace else (0, 5)
@@ -239,6 +251,8 @@ class RoomWorld:
         for wall in (WALL_X0, WALL_X1, WALL_Y0, WALL_Y1):
             self._furnish_wall(builder, rng_objects, wall)
         self._add_free_standing(builder, rng_objects)
+        if config.room_furnishing == 'cluttered':
+            self._clutter_room(builder, W._rng(seed, 45))
         for (x, y, z) in self.look.lights:
             builder.add(W.BOX, LIGHT, (0.3, 0.3, 0.02), 0.0, (x, y, z - 0.02))
         self.objects = builder.build()
@@ -319,7 +333,10 @@ class RoomWorld:
                                                               else PAINTED)
                     self._add(builder, rng, W.BOX, material, (hx, hy, tall / 2),
                               (x, y, tall / 2), footprint=(hx, hy))
+                    if kind == 'shelf':
+                        self._shelves.append((len(builder.rows) - 1, wall))
                     if kind == 'cabinet' and tall < 1.2:
+                        self._surfaces.append((x, y, hx, hy, tall, False))
                         self._add_clutter(builder, rng, x, y, hx, hy, tall)
             elif kind == 'sofa':
                 depth_m = rng.uniform(0.8, 1.9)
@@ -375,6 +392,7 @@ class RoomWorld:
         if not self._clear(x, y, hx, hy):
             return
         self._footprints.append((x, y, hx, hy))
+        self._surfaces.append((x, y, hx, hy, top, True))
         material = WOOD if rng.random() < 0.6 else PAINTED
         self._add(builder, rng, W.BOX, material, (hx, hy, 0.02), (x, y, top - 0.02))
         leg = 0.025
@@ -457,6 +475,331 @@ class RoomWorld:
                     self._add(builder, rng, W.CYLINDER, FABRIC, (0.2, 0.2, 0.15),
                               (x, y, tall + 0.1))
 
+    # ------------------------------------------------------------------ clutter
+    def _clutter_room(self, builder, rng):
+        """Make the room as irregular as real ones (domain room_furnishing 'cluttered'): open
+        shelves instead of solid ones, desk clusters with partitions, office chairs, people,
+        piles on the floor and loose things on every desk. Why: a model that learned only
+        solid blocks in a box flattens real rooms (TUM's desks, partitions and the hall behind
+        them). Everything here draws from `rng` alone, so the blocks that stay are the 'boxes'
+        room's."""
+        for row, wall in self._shelves:
+            self._open_shelf(builder, rng, builder.rows[row], wall)
+            builder.rows[row] = None
+        builder.rows = [row for row in builder.rows if row is not None]
+        width, length, _ = self.size
+        for _ in range(int(rng.integers(0, 3))):
+            self._add_desk_cluster(builder, rng, rng.uniform(0.8, width - 0.8),
+                                   rng.uniform(0.8, length - 0.8))
+        chairs = []
+        for (x, y, hx, hy, top, is_table) in list(self._surfaces):
+            if is_table:
+                chairs += self._dress_table(builder, rng, x, y, hx, hy, top)
+            self._add_desk_things(builder, rng, x, y, hx, hy, top,
+                                  int(rng.integers(2, 7) if is_table else rng.integers(0, 3)))
+        for (x, y, facing, seat) in chairs:
+            if rng.random() < 0.3:
+                self._add_seated_person(builder, rng, x, y, facing, seat)
+        for _ in range(int(rng.integers(0, 4))):
+            x, y = rng.uniform(0.3, width - 0.3), rng.uniform(0.3, length - 0.3)
+            if self._clear(x, y, 0.3, 0.3):
+                self._footprints.append((x, y, 0.3, 0.3))
+                self._add_standing_person(builder, rng, x, y, rng.uniform(0, 2 * math.pi))
+        for _ in range(int(rng.integers(1, 5))):
+            self._add_floor_pile(builder, rng)
+
+    def _open_shelf(self, builder, rng, solid_row, wall):
+        """A shelf unit where the solid block `solid_row` stood: frame, boards, and on each
+        board uneven runs of books, boxes and things with gaps to the back panel."""
+        _, _, (hx, hy, hz), _, (x, y, _), *_ = solid_row
+        along_length = wall in (WALL_X0, WALL_X1)
+        half_along, depth = (hy, 2 * hx) if along_length else (hx, 2 * hy)
+        into_room = 1.0 if wall in (WALL_X0, WALL_Y0) else -1.0
+        back = (x - into_room * hx) if along_length else (y - into_room * hy)
+        tall = 2 * hz
+        frame = WOOD if rng.random() < 0.5 else PAINTED
+        frame_color = int(rng.integers(1 << 16))
+
+        def part(shape, material, a, d, z, half_a, half_d, half_z, color=None):
+            """A box (or cylinder) at `a` along the wall, `d` out from its back, z its centre."""
+            yaw = 0.0
+            if along_length:
+                pos, half = (back + into_room * d, y + a, z), (half_d, half_a, half_z)
+                if material == SPINES:
+                    # Turned a quarter, so the spines' axis (local x) runs along the wall.
+                    yaw, half = math.pi / 2, (half_a, half_d, half_z)
+            else:
+                pos, half = (x + a, back + into_room * d, z), (half_a, half_d, half_z)
+            if shape == W.CYLINDER:
+                half = (half_a, half_a, half_z)
+            builder.add(shape, material, half, yaw, pos,
+                        color_index=frame_color if color is None else color,
+                        seed=int(rng.integers(1 << 16)),
+                        params=(rng.random(), rng.random(), rng.random()))
+
+        board = 0.009
+        if rng.random() < 0.7:                      # else the wall shows through
+            part(W.BOX, frame, 0.0, 0.005, hz, half_along, 0.005, hz)
+        for side in (-1.0, 1.0):
+            part(W.BOX, frame, side * (half_along - board), depth / 2, hz, board, depth / 2, hz)
+        levels = max(1, int(round(tall / rng.uniform(0.28, 0.42))))
+        pitch = tall / levels
+        for level in range(levels + 1):
+            z = min(level * pitch + board, tall - board)
+            part(W.BOX, frame, 0.0, depth / 2, z, half_along - 2 * board, depth / 2, board)
+            if level == levels:
+                break
+            gap = pitch - 2 * board
+            a = -half_along + 2 * board + rng.uniform(0.0, 0.1)
+            while True:
+                kind = rng.choice(['books', 'box', 'thing', 'gap'], p=[0.55, 0.12, 0.11, 0.22])
+                run = {'books': rng.uniform(0.04, 0.3), 'box': rng.uniform(0.12, 0.35),
+                       'thing': rng.uniform(0.08, 0.2), 'gap': rng.uniform(0.05, 0.4)}[kind]
+                if a + run > half_along - 2 * board:
+                    break
+                centre, bottom = a + run / 2, z + board
+                if kind == 'books':
+                    h = rng.uniform(0.5, 0.95) * gap
+                    d = rng.uniform(0.6, 0.95) * depth
+                    part(W.BOX, SPINES, centre, d / 2 + 0.01, bottom + h / 2, run / 2, d / 2,
+                         h / 2, color=int(rng.integers(1 << 16)))
+                elif kind == 'box':
+                    h = rng.uniform(0.4, 0.9) * gap
+                    d = rng.uniform(0.5, 0.95) * depth
+                    part(W.BOX, rng.choice([PAINTED, FABRIC, WOOD]), centre, d / 2 + 0.01,
+                         bottom + h / 2, run / 2, d / 2, h / 2, color=int(rng.integers(1 << 16)))
+                elif kind == 'thing':
+                    r = min(run / 2, depth / 2, gap / 2) * rng.uniform(0.5, 1.0)
+                    h = rng.uniform(0.3, 0.9) * gap
+                    shape = W.CYLINDER if rng.random() < 0.6 else W.SPHERE
+                    part(shape, rng.choice([PAINTED, PLANT, METAL]) if shape == W.SPHERE
+                         else rng.choice([PAINTED, METAL]), centre,
+                         rng.uniform(r, depth - r) + 0.0, bottom + (h / 2 if shape == W.CYLINDER
+                                                                 else r),
+                         r, r, h / 2 if shape == W.CYLINDER else r,
+                         color=int(rng.integers(1 << 16)))
+                a += run + (rng.uniform(0.0, 0.02) if kind == 'books' else 0.0)
+
+    def _add_desk_cluster(self, builder, rng, x, y):
+        """Two or four desks back to back with a partition between them (an open office)."""
+        half_w, half_d = rng.uniform(0.6, 0.8), rng.uniform(0.33, 0.4)
+        pairs = 2 if rng.random() < 0.5 else 1
+        yaw_along_x = rng.random() < 0.5          # the partition runs along x, else along y
+        hx, hy = (pairs * half_w, 2 * half_d) if yaw_along_x else (2 * half_d, pairs * half_w)
+        if not self._clear(x, y, hx + 0.6, hy + 0.6):   # room for the chairs
+            return
+        top = rng.uniform(0.72, 0.76)
+        for pair in range(pairs):
+            # 2 mm apart, so that rounding never makes neighbours' footprints overlap.
+            offset = (pair - (pairs - 1) / 2) * 2 * (half_w + 0.001)
+            for side in (-1.0, 1.0):
+                across = side * (half_d + 0.001)
+                if yaw_along_x:
+                    self._add_table(builder, rng, x + offset, y + across, half_w, half_d,
+                                    top=top, clutter=0)
+                else:
+                    self._add_table(builder, rng, x + across, y + offset, half_d, half_w,
+                                    top=top, clutter=0)
+        tall = rng.uniform(1.1, 1.6)
+        half = (hx, 0.015, tall / 2) if yaw_along_x else (0.015, hy, tall / 2)
+        self._add(builder, rng, W.BOX, rng.choice([FABRIC, PAINTED]), half, (x, y, tall / 2))
+
+    def _dress_table(self, builder, rng, x, y, hx, hy, top):
+        """An office chair at a free long side of a table (sometimes a desk partition on the
+        other side); returns the chairs as (x, y, facing, seat height)."""
+        chairs = []
+        along_x = hx >= hy                         # the long sides face +-y
+        for side in rng.permutation([-1.0, 1.0]):
+            out = (0.0, side) if along_x else (side, 0.0)
+            reach = (hy if along_x else hx) + rng.uniform(0.15, 0.45)
+            cx = x + out[0] * reach + (rng.uniform(-0.5, 0.5) * hx if along_x else 0.0)
+            cy = y + out[1] * reach + (0.0 if along_x else rng.uniform(-0.5, 0.5) * hy)
+            if not chairs and rng.random() < 0.75 and self._clear(cx, cy, 0.3, 0.3):
+                facing = math.atan2(-out[1], -out[0]) + rng.uniform(-0.6, 0.6)
+                seat = rng.uniform(0.42, 0.52)
+                self._footprints.append((cx, cy, 0.3, 0.3))
+                self._add_office_chair(builder, rng, cx, cy, facing, seat)
+                chairs.append((cx, cy, facing, seat))
+            elif rng.random() < 0.35:
+                # A partition at the table's edge: on the desk top just inside the edge, or
+                # on the floor just outside it (then it needs floor space of its own).
+                on_desk = rng.random() < 0.4
+                tall = rng.uniform(0.3, 0.6) if on_desk else rng.uniform(1.1, 1.6)
+                bottom = top if on_desk else 0.0
+                edge = (hy if along_x else hx) + (-0.016 if on_desk else 0.016)
+                px, py = x + out[0] * edge, y + out[1] * edge
+                half = (hx, 0.015, tall / 2) if along_x else (0.015, hy, tall / 2)
+                if on_desk or self._clear(px, py, half[0], half[1]):
+                    if not on_desk:
+                        self._footprints.append((px, py, half[0], half[1]))
+                    self._add(builder, rng, W.BOX, rng.choice([FABRIC, PAINTED]), half,
+                              (px, py, bottom + tall / 2))
+        return chairs
+
+    def _add_office_chair(self, builder, rng, x, y, facing, seat):
+        """Star base (a cross), a column, a seat and a backrest; `facing` is where a sitter
+        looks (radians from +x)."""
+        yaw = facing - math.pi / 2                 # the chair's local +y is its front
+        color = rng.choice([FABRIC, PAINTED])
+        spin = rng.uniform(0, math.pi)
+        # The cross stands on castors (not drawn) 4 cm above the floor; the column runs from
+        # it to the seat, the backrest stands on the seat's back edge.
+        for turn in (0.0, math.pi / 2):
+            self._add(builder, rng, W.BOX, METAL, (0.3, 0.025, 0.02), (x, y, 0.06),
+                      yaw=spin + turn)
+        self._add(builder, rng, W.CYLINDER, METAL, (0.025, 0.025, (seat - 0.16) / 2),
+                  (x, y, 0.08 + (seat - 0.16) / 2))
+        self._add(builder, rng, W.BOX, color, (0.24, 0.23, 0.04), (x, y, seat - 0.04), yaw=yaw)
+        bx, by = _offset(x, y, yaw, 0.0, -0.2)
+        back = rng.uniform(0.22, 0.35)
+        self._add(builder, rng, W.BOX, color, (0.22, 0.03, back), (bx, by, seat + back),
+                  yaw=yaw)
+
+    def _add_standing_person(self, builder, rng, x, y, facing):
+        """Legs, body, arms and head of a standing person 1.5-1.9 m tall."""
+        tall = rng.uniform(1.5, 1.9)
+        yaw = facing - math.pi / 2
+        hip = 0.47 * tall
+        trousers, top = int(rng.integers(1 << 16)), int(rng.integers(1 << 16))
+        for side in (-1.0, 1.0):
+            lx, ly = _offset(x, y, yaw, side * 0.09, rng.uniform(-0.08, 0.08))
+            self._put(builder, rng, W.CYLINDER, FABRIC, (0.065, 0.065, hip / 2),
+                      (lx, ly, hip / 2), color=trousers)
+            ax, ay = _offset(x, y, yaw, side * 0.23, rng.uniform(-0.1, 0.1))
+            self._put(builder, rng, W.CYLINDER, FABRIC, (0.045, 0.045, 0.16 * tall),
+                      (ax, ay, 0.78 * tall - 0.16 * tall), color=top)
+        shoulders = hip + 0.32 * tall
+        self._put(builder, rng, W.BOX, FABRIC, (0.19, 0.11, 0.16 * tall),
+                  (x, y, hip + 0.16 * tall), yaw=yaw, color=top)
+        # Neck and head fill the rest of the height.
+        head = min(0.115, (tall - shoulders) / 2 - 0.02)
+        self._add(builder, rng, W.CYLINDER, SKIN, (0.05, 0.05, 0.03), (x, y, shoulders + 0.02))
+        self._add(builder, rng, W.SPHERE, SKIN, (0.09, 0.1, head), (x, y, tall - head))
+
+    def _add_seated_person(self, builder, rng, x, y, facing, seat):
+        """Someone on the office chair at (x, y): thighs forward, shins down, body, head."""
+        yaw = facing - math.pi / 2
+        clothes, top = int(rng.integers(1 << 16)), int(rng.integers(1 << 16))
+        tx, ty = _offset(x, y, yaw, 0.0, 0.12)
+        self._put(builder, rng, W.BOX, FABRIC, (0.17, 0.22, 0.07), (tx, ty, seat + 0.07),
+                  yaw=yaw, color=clothes)
+        for side in (-1.0, 1.0):
+            sx, sy = _offset(x, y, yaw, side * 0.09, 0.32)
+            self._put(builder, rng, W.CYLINDER, FABRIC, (0.055, 0.055, seat / 2),
+                      (sx, sy, seat / 2), color=clothes)
+        bx, by = _offset(x, y, yaw, 0.0, -0.08)
+        body = rng.uniform(0.26, 0.32)
+        self._put(builder, rng, W.BOX, FABRIC, (0.19, 0.11, body), (bx, by, seat + 0.1 + body),
+                  yaw=yaw, color=top)
+        self._add(builder, rng, W.SPHERE, SKIN, (0.09, 0.1, 0.115),
+                  (bx, by, seat + 0.1 + 2 * body + 0.105))
+
+    def _add_desk_things(self, builder, rng, x, y, hx, hy, top, count):
+        """Loose things on a desk: papers, keyboards, laptops, bottles, stacks of books,
+        lamps, balls and boxes, each at its own angle."""
+        for _ in range(count):
+            # Centres keep 0.15 m from the edges (a wall-side edge touches the wall); the
+            # largest things may still hang over the edge or touch the wall behind.
+            px = x + rng.uniform(-1.0, 1.0) * max(hx - 0.15, 0.0)
+            py = y + rng.uniform(-1.0, 1.0) * max(hy - 0.15, 0.0)
+            yaw = rng.uniform(0, 2 * math.pi)
+            kind = rng.choice(['papers', 'keyboard', 'laptop', 'bottle', 'books', 'lamp',
+                               'ball', 'box'])
+            if kind == 'papers':
+                thick = 0.002 + 0.01 * rng.random()
+                self._add(builder, rng, W.BOX, PAINTED, (0.105, 0.15, thick),
+                          (px, py, top + thick), yaw=yaw)
+            elif kind == 'keyboard':
+                self._add(builder, rng, W.BOX, PAINTED, (0.22, 0.075, 0.012),
+                          (px, py, top + 0.012), yaw=yaw)
+            elif kind == 'laptop':
+                self._add(builder, rng, W.BOX, METAL, (0.17, 0.12, 0.01), (px, py, top + 0.01),
+                          yaw=yaw)
+                lx, ly = _offset(px, py, yaw, 0.0, -0.12)
+                self._add(builder, rng, W.BOX, SCREEN, (0.17, 0.008, 0.12),
+                          (lx, ly, top + 0.14), yaw=yaw)
+            elif kind == 'bottle':
+                r, h = rng.uniform(0.03, 0.045), rng.uniform(0.08, 0.13)
+                self._add(builder, rng, W.CYLINDER, PAINTED, (r, r, h), (px, py, top + h))
+                self._add(builder, rng, W.CYLINDER, PAINTED, (0.015, 0.015, 0.03),
+                          (px, py, top + 2 * h + 0.03))
+            elif kind == 'books':
+                z = top
+                for _ in range(int(rng.integers(2, 6))):
+                    thick = rng.uniform(0.01, 0.03)
+                    self._add(builder, rng, W.BOX, rng.choice([PAINTED, FABRIC]),
+                              (rng.uniform(0.07, 0.12), rng.uniform(0.1, 0.15), thick),
+                              (px, py, z + thick), yaw=yaw + rng.uniform(-0.3, 0.3))
+                    z += 2 * thick
+            elif kind == 'lamp':
+                arm = rng.uniform(0.2, 0.45)
+                self._add(builder, rng, W.CYLINDER, METAL, (0.07, 0.07, 0.01),
+                          (px, py, top + 0.01))
+                self._add(builder, rng, W.CYLINDER, METAL, (0.01, 0.01, arm / 2),
+                          (px, py, top + arm / 2))
+                shade_x, shade_y = _offset(px, py, yaw, 0.0, 0.08)
+                self._add(builder, rng, W.SPHERE, PAINTED, (0.08, 0.08, 0.06),
+                          (shade_x, shade_y, top + arm))
+            elif kind == 'ball':
+                r = rng.uniform(0.05, 0.15)
+                self._add(builder, rng, W.SPHERE, PAINTED, (r, r, r), (px, py, top + r))
+            else:
+                half = rng.uniform(0.05, 0.15, 3)
+                self._add(builder, rng, W.BOX, rng.choice([PAINTED, WOOD, FABRIC]),
+                          tuple(half), (px, py, top + half[2]), yaw=yaw)
+
+    def _add_floor_pile(self, builder, rng):
+        """Cardboard boxes, bags and bins heaped on the floor, mostly against a wall."""
+        width, length, _ = self.size
+        spread = rng.uniform(0.35, 0.6)
+        items = []                                  # (kind, half, dx, dy, yaw) from the centre
+        for _ in range(int(rng.integers(3, 10))):
+            kind = rng.choice(['box', 'box', 'bag', 'bin'])
+            if kind == 'bag':
+                half = (rng.uniform(0.12, 0.25), rng.uniform(0.1, 0.2), rng.uniform(0.08, 0.18))
+            else:
+                half = tuple(rng.uniform(0.08, 0.3, 3))
+                if kind == 'bin':
+                    half = (half[0], half[0], half[2])
+            items.append((kind, half, rng.uniform(-0.6, 0.6) * spread,
+                          rng.uniform(-0.6, 0.6) * spread, rng.uniform(0, 2 * math.pi)))
+        # How far the heap reaches from its centre, whichever way each thing is turned.
+        reach = max(max(abs(dx), abs(dy)) + math.hypot(*half[:2])
+                    for (_, half, dx, dy, _) in items)
+        if rng.random() < 0.7:
+            wall = int(rng.integers(4))
+            along_x = wall in (WALL_Y0, WALL_Y1)
+            span, across = (width, length) if along_x else (length, width)
+            a = rng.uniform(reach, max(span - reach, reach))
+            off = reach + rng.uniform(0.0, 0.2)
+            d = off if wall in (WALL_X0, WALL_Y0) else across - off
+            x, y = (a, d) if along_x else (d, a)
+        else:
+            x, y = rng.uniform(0.6, width - 0.6), rng.uniform(0.6, length - 0.6)
+        if not self._clear(x, y, reach, reach):
+            return
+        self._footprints.append((x, y, reach, reach))
+        placed = []                                 # (x, y, radius, top) of what is down
+        for kind, half, dx, dy, yaw in items:
+            px, py = x + dx, y + dy
+            radius = math.hypot(half[0], half[1])
+            # Stacked on whatever it overlaps, else on the floor.
+            bottom = max([t for (ox, oy, orad, t) in placed
+                          if math.hypot(ox - px, oy - py) < 0.6 * (orad + radius)], default=0.0)
+            shape = {'box': W.BOX, 'bag': W.SPHERE, 'bin': W.CYLINDER}[kind]
+            material = {'box': rng.choice([PAINTED, WOOD]), 'bag': FABRIC,
+                        'bin': rng.choice([PAINTED, METAL])}[kind]
+            self._add(builder, rng, shape, material, half, (px, py, bottom + half[2]),
+                      yaw=0.0 if kind == 'bin' else yaw)
+            placed.append((px, py, radius, bottom + 2 * half[2]))
+
+    def _put(self, builder, rng, shape, material, half, pos, yaw=0.0, color=None):
+        """Like _add, with a given palette slot (parts of one thing share a colour)."""
+        builder.add(shape, material, half, float(yaw), tuple(float(v) for v in pos),
+                    color_index=int(rng.integers(1 << 16)) if color is None else color,
+                    seed=int(rng.integers(1 << 16)),
+                    params=(rng.random(), rng.random(), rng.random()))
+
     def _add(self, builder, rng, shape, material, half, pos, yaw=0.0, footprint=None):
         if footprint is not None:
             self._footprints.append((pos[0], pos[1], *footprint))
@@ -471,6 +814,13 @@ class RoomWorld:
 
     def camera_pose(self, t: float) -> np.ndarray:
         return self.path.pose(t)
+
+
+def _offset(x, y, yaw, lateral, forward):
+    """World (x, y) of a point `lateral` along an object's local x and `forward` along its
+    local y, for an object at (x, y) turned by `yaw` (the ray tests' convention)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return x + c * lateral - s * forward, y + s * lateral + c * forward
 
 
 # --------------------------------------------------------------------- ray casting
@@ -664,6 +1014,23 @@ class RoomShader:
                 board = 1.0 - periodic_box(v[sel] / 0.35, 0.0, 0.9, fp[sel] / 0.35)
                 wood = _color(_WOOD_COLORS, key)
                 albedo[sel] = colors + (wood - colors) * board[:, None]
+            elif material == SPINES:
+                # A run of books on an open shelf: spines of random colour and width side by
+                # side along the object's local x, some with a lighter label band.
+                spine_width = 0.015 + 0.035 * params[sel, 0]
+                spine = np.floor(u[sel] / spine_width)
+                pick = hash01(spine.astype(np.int64), seed[sel].astype(np.int64))
+                palette = _PAINT_COLORS + _FABRIC_COLORS + _WOOD_COLORS
+                colors = _color(palette, (pick * 97).astype(np.int64))
+                # Spines narrower than a pixel fade to the palette's mean instead of aliasing.
+                blur = np.clip(fp[sel] / spine_width - 0.5, 0.0, 1.0)[:, None]
+                colors = colors + (np.mean(palette, axis=0, dtype=np.float32) - colors) * blur
+                label = box(v[sel], 0.02 + 0.04 * params[sel, 1], 0.06 + 0.04 * params[sel, 1],
+                            fp[sel]) * (pick > 0.5)
+                albedo[sel] = colors * (0.85 + 0.3 * pick)[:, None] + (0.85 - colors) * (
+                    0.6 * label)[:, None]
+            elif material == SKIN:
+                albedo[sel] = _color(_SKIN_COLORS, key) * (1.0 + 0.05 * noise[sel])[:, None]
             elif material == SCREEN:
                 albedo[sel] = 0.04
                 # The front shows a dim picture; the back and sides are a plastic case.
@@ -692,6 +1059,8 @@ class RoomShader:
             elif material == LIGHT:
                 albedo[sel] = 0.9
                 emission[sel] = 3.0
+            else:
+                raise ValueError(f'room material {material} has no shading')
         return albedo, emission
 
     def _lighting(self, g) -> np.ndarray:
