@@ -16,6 +16,11 @@ enters an object. Each seed draws its own room size, furniture, materials, light
 height and field of view; a 'desk' seed keeps the 'room' seed's size, materials, lights and
 field of view, and furnishes it around its own path.
 
+With room_furnishing 'cluttered' (domains 'cluttered_room', 'cluttered_desk') the same room
+is made irregular: open shelves in place of the solid ones, desk clusters with partitions,
+office chairs, people, piles on the floor, loose things on every desk (RoomWorld._clutter_room,
+drawn from a random stream of its own, so the blocks that stay are the plain room's).
+
 Objects reuse the street's shapes, ray tests and z-buffer (world.cast_objects); the shell is
 cast from the inside. Frames come out as the street's SyntheticFrame with flow from
 render.flow_between, so depth, flow and occlusion follow exactly the conventions of render.py.
