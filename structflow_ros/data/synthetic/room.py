@@ -537,10 +537,8 @@ class RoomWorld:
                 pos, half = (x + a, back + into_room * d, z), (half_a, half_d, half_z)
             if shape == W.CYLINDER:
                 half = (half_a, half_a, half_z)
-            builder.add(shape, material, half, yaw, pos,
-                        color_index=frame_color if color is None else color,
-                        seed=int(rng.integers(1 << 16)),
-                        params=(rng.random(), rng.random(), rng.random()))
+            self._add(builder, rng, shape, material, half, pos, yaw=yaw,
+                      color=frame_color if color is None else color)
 
         board = 0.009
         if rng.random() < 0.7:                      # else the wall shows through
@@ -574,14 +572,15 @@ class RoomWorld:
                     part(W.BOX, rng.choice([PAINTED, FABRIC, WOOD]), centre, d / 2 + 0.01,
                          bottom + h / 2, run / 2, d / 2, h / 2, color=int(rng.integers(1 << 16)))
                 elif kind == 'thing':
+                    # A jar or vase (cylinder) or a ball, plant or globe (sphere).
                     r = min(run / 2, depth / 2, gap / 2) * rng.uniform(0.5, 1.0)
                     h = rng.uniform(0.3, 0.9) * gap
-                    shape = W.CYLINDER if rng.random() < 0.6 else W.SPHERE
-                    part(shape, rng.choice([PAINTED, PLANT, METAL]) if shape == W.SPHERE
-                         else rng.choice([PAINTED, METAL]), centre,
-                         rng.uniform(r, depth - r) + 0.0, bottom + (h / 2 if shape == W.CYLINDER
-                                                                 else r),
-                         r, r, h / 2 if shape == W.CYLINDER else r,
+                    if rng.random() < 0.6:
+                        shape, material, half_z = W.CYLINDER, rng.choice([PAINTED, METAL]), h / 2
+                    else:
+                        shape, material, half_z = W.SPHERE, rng.choice([PAINTED, PLANT, METAL]), r
+                    out = rng.uniform(r, depth - r)
+                    part(shape, material, centre, out, bottom + half_z, r, r, half_z,
                          color=int(rng.integers(1 << 16)))
                 a += run + (rng.uniform(0.0, 0.02) if kind == 'books' else 0.0)
 
@@ -668,13 +667,13 @@ class RoomWorld:
         trousers, top = int(rng.integers(1 << 16)), int(rng.integers(1 << 16))
         for side in (-1.0, 1.0):
             lx, ly = _offset(x, y, yaw, side * 0.09, rng.uniform(-0.08, 0.08))
-            self._put(builder, rng, W.CYLINDER, FABRIC, (0.065, 0.065, hip / 2),
+            self._add(builder, rng, W.CYLINDER, FABRIC, (0.065, 0.065, hip / 2),
                       (lx, ly, hip / 2), color=trousers)
             ax, ay = _offset(x, y, yaw, side * 0.23, rng.uniform(-0.1, 0.1))
-            self._put(builder, rng, W.CYLINDER, FABRIC, (0.045, 0.045, 0.16 * tall),
+            self._add(builder, rng, W.CYLINDER, FABRIC, (0.045, 0.045, 0.16 * tall),
                       (ax, ay, 0.78 * tall - 0.16 * tall), color=top)
         shoulders = hip + 0.32 * tall
-        self._put(builder, rng, W.BOX, FABRIC, (0.19, 0.11, 0.16 * tall),
+        self._add(builder, rng, W.BOX, FABRIC, (0.19, 0.11, 0.16 * tall),
                   (x, y, hip + 0.16 * tall), yaw=yaw, color=top)
         # Neck and head fill the rest of the height.
         head = min(0.115, (tall - shoulders) / 2 - 0.02)
@@ -686,15 +685,15 @@ class RoomWorld:
         yaw = facing - math.pi / 2
         clothes, top = int(rng.integers(1 << 16)), int(rng.integers(1 << 16))
         tx, ty = _offset(x, y, yaw, 0.0, 0.12)
-        self._put(builder, rng, W.BOX, FABRIC, (0.17, 0.22, 0.07), (tx, ty, seat + 0.07),
+        self._add(builder, rng, W.BOX, FABRIC, (0.17, 0.22, 0.07), (tx, ty, seat + 0.07),
                   yaw=yaw, color=clothes)
         for side in (-1.0, 1.0):
             sx, sy = _offset(x, y, yaw, side * 0.09, 0.32)
-            self._put(builder, rng, W.CYLINDER, FABRIC, (0.055, 0.055, seat / 2),
+            self._add(builder, rng, W.CYLINDER, FABRIC, (0.055, 0.055, seat / 2),
                       (sx, sy, seat / 2), color=clothes)
         bx, by = _offset(x, y, yaw, 0.0, -0.08)
         body = rng.uniform(0.26, 0.32)
-        self._put(builder, rng, W.BOX, FABRIC, (0.19, 0.11, body), (bx, by, seat + 0.1 + body),
+        self._add(builder, rng, W.BOX, FABRIC, (0.19, 0.11, body), (bx, by, seat + 0.1 + body),
                   yaw=yaw, color=top)
         self._add(builder, rng, W.SPHERE, SKIN, (0.09, 0.1, 0.115),
                   (bx, by, seat + 0.1 + 2 * body + 0.105))
@@ -798,18 +797,15 @@ class RoomWorld:
                       yaw=0.0 if kind == 'bin' else yaw)
             placed.append((px, py, radius, bottom + 2 * half[2]))
 
-    def _put(self, builder, rng, shape, material, half, pos, yaw=0.0, color=None):
-        """Like _add, with a given palette slot (parts of one thing share a colour)."""
-        builder.add(shape, material, half, float(yaw), tuple(float(v) for v in pos),
-                    color_index=int(rng.integers(1 << 16)) if color is None else color,
-                    seed=int(rng.integers(1 << 16)),
-                    params=(rng.random(), rng.random(), rng.random()))
-
-    def _add(self, builder, rng, shape, material, half, pos, yaw=0.0, footprint=None):
+    def _add(self, builder, rng, shape, material, half, pos, yaw=0.0, footprint=None,
+             color=None):
+        """One object; `color` gives its palette slot (parts of one thing share a colour),
+        else it draws its own."""
         if footprint is not None:
             self._footprints.append((pos[0], pos[1], *footprint))
         builder.add(shape, material, half, float(yaw), tuple(float(v) for v in pos),
-                    color_index=int(rng.integers(1 << 16)), seed=int(rng.integers(1 << 16)),
+                    color_index=int(rng.integers(1 << 16)) if color is None else color,
+                    seed=int(rng.integers(1 << 16)),
                     params=(rng.random(), rng.random(), rng.random()))
 
     # ------------------------------------------------------------------ motion
