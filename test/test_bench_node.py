@@ -107,3 +107,23 @@ def test_warm_up_ends_on_an_answered_frame():
     sent = DepthClient.warm_up(client, None, None, None, replies=2, timeout=5.0, resend_s=0.1)
     assert reply(sent[-1], 'depth') is not None, f'warm-up ended on unanswered frame {sent[-1]}'
     assert sum(1 for stamp in sent if reply(stamp, 'depth')) >= 2
+
+
+def test_a_report_older_than_the_replies_we_hold_is_not_settled():
+    """Stand-in client (so the order of events is known): the node's first report after our
+    last publish was made before the node took that frame in (3 in, 3 out, while its reply,
+    the 4th, is already here); the next report counts it. The first must not be the baseline,
+    or that frame lands in the next run's counts (21 frames in for 20 sent)."""
+    reports = [{'frames_in': 3, 'frames_out': 3}, {'frames_in': 4, 'frames_out': 4}]
+    calls = []
+
+    def latest_diagnostics(after_ns=0):
+        calls.append(after_ns)
+        return reports[0] if len(calls) < 3 else reports[1]
+
+    client = SimpleNamespace(latest_diagnostics=latest_diagnostics, received=lambda: 4)
+    assert DepthClient.wait_settled(client, 10, None, timeout=5.0) == reports[1]
+    # Replies lost on the way (best effort) never settle: the newest report comes back at the
+    # timeout, for the caller to see the shortfall.
+    short = SimpleNamespace(latest_diagnostics=lambda after_ns=0: reports[1], received=lambda: 3)
+    assert DepthClient.wait_settled(short, 10, None, timeout=0.2) == reports[1]

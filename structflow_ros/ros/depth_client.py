@@ -281,8 +281,12 @@ class DepthClient:
         """Wait until the node has handled every frame it got and its outputs reached us.
 
         Settled: a /diagnostics report stamped after `after_ns` (the last publish) in which
-        every frame in is out or dropped, and we hold as many depth replies as it published.
-        Returns those diagnostics values (None when the node never reported in time).
+        every frame in is out or dropped, and we hold exactly as many depth replies as it
+        published. Exactly: a report stamped after our publish can still predate the node's
+        taking in of that frame (it was in transit); its frames_out is then short of the
+        replies we hold, and taking it as the baseline counted that frame in the next run
+        (bench node: 21 frames in for 20 sent). Returns those diagnostics values (None when
+        the node never reported in time).
         """
         deadline = time.monotonic() + timeout
         values = None
@@ -290,7 +294,7 @@ class DepthClient:
             values = self.latest_diagnostics(after_ns)
             if values is not None and isinstance(values.get('frames_in'), int):
                 handled = values['frames_out'] + sum(values.get(k, 0) for k in DROP_COUNTERS)
-                if handled >= values['frames_in'] and self.received() >= values['frames_out']:
+                if handled >= values['frames_in'] and self.received() == values['frames_out']:
                     return values
             if process is not None and not process.alive:
                 break
