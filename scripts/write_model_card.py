@@ -59,14 +59,19 @@ def main(args):
         '## Measured', '',
         f'`structflow evaluate --weights {args.model} --synthetic fog:24:100 --real`. '
         'Median scaling per frame; the constant-depth floor (one depth everywhere, median-scaled) '
-        'on the same frames is the number a useful model must beat. KITTI uses the Garg crop and '
-        '80 m cap, NYU/TUM 10 m.', '',
+        'on the same frames is the number a useful model must beat. Beside it the prior floor '
+        "(the geometric mean of the model's own predictions over the set, used for every frame) "
+        'and the image gain, 1 - AbsRel(model) / AbsRel(prior): the model sees a set only where '
+        'it is positive. KITTI uses the Garg crop and 80 m cap, NYU/TUM 10 m.', '',
         '| set | | AbsRel | SqRel | RMSE | RMSE log | δ<1.25 | δ<1.25² | δ<1.25³ | scale spread |',
         '|---|---|---|---|---|---|---|---|---|---|']
     for name, entry in report['depth'].items():
         frames = entry['model'].get('frames')
         lines.append(row(f'{name} ({frames} frames)', 'model', entry['model']))
         lines.append(row('', 'floor', entry['floor']))
+        if 'prior' in entry:
+            lines.append(row('', f"prior (image gain {entry['image_gain']:+.3f})",
+                             entry['prior']))
     if report.get('flow'):
         lines += ['', '| flow set | method | EPE (px) | Fl-all |', '|---|---|---|---|']
         for name, methods in report['flow'].items():

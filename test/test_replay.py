@@ -78,11 +78,25 @@ def test_replay_matches_structflow_evaluate_on_the_same_frames(tmp_path, weights
                                                               rel=1e-3), key
     assert summary['constant_depth_floor_abs_rel'] == pytest.approx(
         reference['floor']['abs_rel'], rel=1e-6)
+    # The prior floor: the replay's own predictions over the bag form the set, as evaluate's
+    # over its frames, so both give the same prior, image gain and the prior's ordinal error.
+    assert summary['prior_floor_abs_rel'] == pytest.approx(reference['prior']['abs_rel'],
+                                                           rel=1e-3)
+    assert summary['prior_floor']['ordinal_error'] == pytest.approx(
+        reference['prior']['ordinal_error'], abs=0.01)
+    assert summary['image_gain'] == pytest.approx(
+        1 - summary['median_scaled']['abs_rel'] / summary['prior_floor_abs_rel'])
+    assert summary['image_gain'] == pytest.approx(reference['image_gain'], abs=2e-3)
     assert summary['frames'] == summary['frames_with_ground_truth'] == len(drive)
     assert summary['source']['gt_matched'] == len(drive)
     assert summary['versions_served'] == {'1': len(drive)} and summary['swaps'] == []
     rows = (out / 'frames.csv').read_text().splitlines()
     assert len(rows) == len(drive) + 1 and rows[0].startswith('index,stamp_ns,version')
+    assert rows[0].endswith('floor_abs_rel,prior_abs_rel,ordinal_error,prior_ordinal_error')
+    assert all(row.split(',')[-3] for row in rows[1:])  # every frame has its prior AbsRel
+    table = (out / 'comparison.md').read_text().splitlines()
+    assert 'prior AbsRel | image gain' in table[0]
+    assert f"{summary['image_gain']:.5g}" in table[2].split(' | ')
     for name in ('abs_rel.png', 'error_hist.png', 'replay.mp4', 'comparison.md'):
         assert (out / name).stat().st_size > 1000 or name == 'comparison.md', name
 

@@ -1,8 +1,13 @@
-"""Eigen depth metrics (median-scaled, beside the constant-depth floor) and flow EPE.
+"""Eigen depth metrics (median-scaled, beside the constant-depth and prior floors) and flow EPE.
 
 Beside the Eigen metrics, `ordinal` is the share of pixel pairs (true depths more than 10 %
 apart) that the prediction orders wrongly: one constant depth scores 0.5 on every frame, so it
 tells a model that sees structure from one that is merely flat where the scene is flat.
+Every set has three rows: the model, the constant-depth floor (`floor`) and the
+image-independent prior floor (`prior`: the geometric mean of the model's own predictions over
+the set, per image size, used for every frame and scored the same way), then the image gain,
+1 - AbsRel(model) / AbsRel(prior): a model sees a set only where it is positive (design.md).
+The prior has structure (a road-plane gradient), so its ordinal error is not 0.5.
 
   structflow evaluate                                  # shipped model, every set available
   structflow evaluate --weights runs/finetune/last.pt --synthetic fog:40:7 --real \
@@ -107,7 +112,8 @@ def _sheet(frames, result, path, count=3, max_depth=80.0):
     for rank, index in enumerate(picks):
         metrics = result['per_frame'][index]
         label = ('best' if rank < count else 'worst') + \
-            f" {frames[index].get('name', index)} AbsRel {metrics['abs_rel']:.3f}"
+            f" {frames[index].get('name', index)} AbsRel {metrics['abs_rel']:.3f} (prior " \
+            f"{result['prior_per_frame'][index]['abs_rel']:.3f})"
         rows.append(_sheet_row(frames[index], result['predictions'][index], metrics, label,
                                max_depth))
     return _write_rows(rows, path)
@@ -154,13 +160,72 @@ def as_jpeg_stream(sets, quality):
             for name, (frames, *rest) in sets.items()}
 
 
-def pooled(report, names):
-    """Mean of per-frame metrics over several sets (every frame weighs the same)."""
-    model = [f for n in names for f in report['depth'][n]['per_frame']]
-    floor = [f for n in names for f in report['depth'][n]['floor_per_frame']]
-    from structflow_ros.core.metrics import aggregate_depth_metrics
-    return {'sets': list(names), 'model': aggregate_depth_metrics(model),
-            'floor': aggregate_depth_metrics(floor)}
+def pooled(report, names, sets=None, predictions=None, network_size=None):
+    """Mean of per-frame metrics over several sets (every frame weighs the same), with the
+    pooled prior floor and image gain, 1 - pooled model AbsRel / pooled prior AbsRel.
+
+    The pooled prior is one prior over all the pooled frames (`pooled_prior`), not the mean of
+    the sets' own: a set of one frame is its own prior (gain 0 by construction), while frames
+    of one camera shape from several sets share the layout a model may have learned. Without
+    the predictions (`sets`, `predictions`, `network_size`), each set's own prior is pooled.
+    """
+    from structflow_ros.core.metrics import aggregate_depth_metrics, image_gain
+    result = {'sets': list(names)}
+    for label, key in (('model', 'per_frame'), ('floor', 'floor_per_frame'),
+                       ('prior', 'prior_per_frame')):
+        result[label] = aggregate_depth_metrics(
+            [f for n in names for f in report['depth'][n][key]])
+    result['prior_source'] = 'each set its own'
+    result['prior_per_frame'] = [f for n in names for f in report['depth'][n]['prior_per_frame']]
+    if predictions is not None:
+        per_frame = pooled_prior([(sets[n], predictions[n]) for n in names], network_size)
+        result['prior'] = aggregate_depth_metrics(per_frame)
+        result['prior_per_frame'] = per_frame
+        result['prior_source'] = 'pooled frames, per network input size'
+    result['image_gain'] = image_gain(result['model']['abs_rel'], result['prior']['abs_rel'])
+    return result
+
+
+def pooled_prior(sets, network_size):
+    """Prior-floor metrics of every frame of several sets: the geometric mean of the model's
+    predictions over all the frames served at one network input size (`network_size(H, W)`
+    gives it for a frame), each taken at that size, then resized back to each frame and scored
+    like the model with its set's cap and crop. sets: [((frames, max_depth, garg, outdoor),
+    predictions at the ground-truth size)]."""
+    import cv2
+
+    from structflow_ros.core.metrics import depth_metrics, prior_floor_predictions
+    entries = []
+    for (frames, max_depth, garg, _), preds in sets:
+        for frame, pred in zip(frames, preds):
+            size = tuple(network_size(*pred.shape))
+            small = cv2.resize(np.asarray(pred, np.float32), size[::-1],
+                               interpolation=cv2.INTER_AREA)
+            entries.append((frame, max_depth, garg, size, small))
+    priors = prior_floor_predictions([entry[4] for entry in entries])  # grouped by shape
+    counts = {}
+    for entry in entries:
+        counts[entry[3]] = counts.get(entry[3], 0) + 1
+    per_frame = []
+    for (frame, max_depth, garg, size, _), prior in zip(entries, priors):
+        height, width = frame['depth'].shape
+        full = cv2.resize(prior.astype(np.float32), (width, height),
+                          interpolation=cv2.INTER_LINEAR)
+        metrics = depth_metrics(full, frame['depth'], frame.get('valid'), max_depth=max_depth,
+                                garg_crop=garg)
+        metrics.update(name=frame.get('name'), prior_frames=counts[size])
+        per_frame.append(metrics)
+    return per_frame
+
+
+def _alone_note(priors):
+    """'; K of N frames alone at their size ...' where a frame's prior is its own prediction."""
+    alone = sum(1 for f in priors if f.get('prior_frames') == 1 and f.get('valid_pixels'))
+    if not alone:
+        return ''
+    scored = sum(1 for f in priors if f.get('valid_pixels'))
+    return (f'; {alone} of {scored} frames alone at their image size: their prior is their own '
+            'prediction (gain 0 by construction)')
 
 
 def flow_sets(args, config):
@@ -176,6 +241,7 @@ def flow_sets(args, config):
 
 def main(args):
     from structflow_ros.core import load_model, resolve_device
+    from structflow_ros.core.config import aspect_network_size
     from structflow_ros.paths import default_weights_path
     from structflow_ros.training.evaluation import evaluate_depth, evaluate_flow
     weights = args.weights or str(default_weights_path())
@@ -202,29 +268,47 @@ def main(args):
     else:
         aspects = ('keep', 'squash') if args.aspect == 'both' else (args.aspect,)
     report['aspect'] = aspects[0]
+    model_hw = (model.config.height, model.config.width)
+
+    def network_size(height, width):  # the input size a frame is served at (DepthPredictor)
+        if aspects[0] != 'keep':
+            return model_hw
+        return aspect_network_size(height, width, model_hw[0] * model_hw[1])
     print(f"{'set':<22} {'':<6} " + ' '.join(f'{k.replace("_error", ""):>9}' for k in keys))
     sheet_rows = []
+    predictions = {}
     for name, (frames, max_depth, garg, outdoor) in sets.items():
         results = {aspect: evaluate_depth(model, frames, max_depth=max_depth, garg_crop=garg,
                                           device=device, keep_predictions=True,
                                           keep_aspect=aspect == 'keep')
                    for aspect in aspects}
         result = results[aspects[0]]
+        if outdoor is not None:
+            predictions[name] = result['predictions']
         sheet = _sheet(frames, result, out / f'{name}_best_worst.png', max_depth=max_depth)
         report['depth'][name] = {'model': result['model'], 'floor': result['floor'],
+                                 'prior': result['prior'], 'image_gain': result['image_gain'],
                                  'max_depth': max_depth, 'garg_crop': garg, 'outdoor': outdoor,
                                  'per_frame': result['per_frame'],
                                  'floor_per_frame': result['floor_per_frame'],
+                                 'prior_per_frame': result['prior_per_frame'],
                                  'sheet': str(sheet)}
         if len(aspects) > 1:
-            report['depth'][name]['squash'] = results['squash']['model']
-            report['depth'][name]['squash_per_frame'] = results['squash']['per_frame']
-        rows = [('model', result['model']), ('floor', result['floor'])]
+            # Squashed frames are their own set of predictions, so their own prior.
+            squash = results['squash']
+            report['depth'][name].update(
+                squash=squash['model'], squash_per_frame=squash['per_frame'],
+                squash_prior=squash['prior'], squash_image_gain=squash['image_gain'])
+        rows = [('model', result['model']), ('floor', result['floor']),
+                ('prior', result['prior'])]
         if len(aspects) > 1:
             rows.insert(1, ('squash', results['squash']['model']))
         for label, metrics in rows:
             print(f'{name:<22} {label:<6} ' + ' '.join(
                 f"{metrics.get(k, float('nan')):9.3f}" for k in keys))
+        print(f"{name:<22} image gain {result['image_gain']:+.3f} (1 - AbsRel "
+              f"{result['model']['abs_rel']:.3f} / prior {result['prior']['abs_rel']:.3f})"
+              + _alone_note(result['prior_per_frame']))
         if outdoor is not None:
             from structflow_ros.data.real_depth_eval import near_vehicle_checks
             for index, frame in enumerate(frames):
@@ -235,20 +319,27 @@ def main(args):
                 sheet_rows.append(_sheet_row(
                     frame, result['predictions'][index], metrics,
                     f"{frame['name']} AbsRel {metrics['abs_rel']:.3f} (floor "
-                    f"{result['floor_per_frame'][index]['abs_rel']:.3f}), ordinal "
-                    f"{metrics['ordinal_error']:.2f}", max_depth))
+                    f"{result['floor_per_frame'][index]['abs_rel']:.3f}, prior "
+                    f"{result['prior_per_frame'][index]['abs_rel']:.3f}), ordinal "
+                    f"{metrics['ordinal_error']:.2f} (prior "
+                    f"{result['prior_per_frame'][index]['ordinal_error']:.2f})", max_depth))
     outdoor_sets = [n for n, v in sets.items() if v[3]]
     indoor_sets = [n for n, v in sets.items() if v[3] is False]
     for label, names in (('real_outdoor', outdoor_sets), ('real_indoor', indoor_sets)):
         if names:
-            report.setdefault('pooled', {})[label] = pooled(report, names)
+            report.setdefault('pooled', {})[label] = pooled(
+                report, names, sets, predictions, network_size)
             both = report['pooled'][label]
             ratio = both['model']['abs_rel'] / both['floor']['abs_rel']
             both['abs_rel_vs_floor'] = ratio
             print(f'{label:<22} pooled over {both["model"]["frames"]} frames: AbsRel '
                   f'{both["model"]["abs_rel"]:.3f}, floor {both["floor"]["abs_rel"]:.3f} '
-                  f'({ratio:.2f}x the floor); ordinal error '
-                  f'{both["model"]["ordinal_error"]:.3f} (one depth: 0.5)')
+                  f'({ratio:.2f}x the floor), prior {both["prior"]["abs_rel"]:.3f}; ordinal '
+                  f'error {both["model"]["ordinal_error"]:.3f} (one depth: 0.5, prior '
+                  f'{both["prior"]["ordinal_error"]:.3f})')
+            print(f'{label:<22} image gain {both["image_gain"]:+.3f} (1 - AbsRel '
+                  f'{both["model"]["abs_rel"]:.3f} / prior {both["prior"]["abs_rel"]:.3f})'
+                  + _alone_note(both['prior_per_frame']))
     if sheet_rows:
         report['real_sheet'] = str(_write_rows(sheet_rows, out / 'real_sheet.png'))
     if report.get('near_vehicles'):

@@ -12,10 +12,13 @@ allows or at the recorded rate (--realtime; the default with --adapt, so the ada
 robot's share of time). Each frame is predicted before the adapter may learn from it.
 
 Report folder (per variant when several): frames.csv (per-frame metrics, latency, version),
-summary.json (Eigen metrics median-scaled, with one global scale and unscaled; the scale ratio's
-stability; latency; versions served and swaps; adaptation counters), abs_rel.png (over time,
-swaps marked), error_hist.png, replay.mp4 (image | depth | error) and bag/ (MCAP: the original
-topics + depth, depth/colored, depth/camera_info, depth/points). Ctrl-C writes all of it for the
+summary.json (Eigen metrics median-scaled, with one global scale and unscaled; beside them the
+constant-depth floor and the image-independent prior floor (the geometric mean of this replay's
+own predictions over the frames with ground truth, used for every frame) with the image gain,
+1 - AbsRel / prior AbsRel; the scale ratio's stability; latency; versions served and swaps;
+adaptation counters), abs_rel.png (over time, beside both floors, swaps marked),
+error_hist.png, replay.mp4 (image | depth | error) and bag/ (MCAP: the original topics + depth,
+depth/colored, depth/camera_info, depth/points). Ctrl-C writes all of it for the
 frames processed so far, the bag closed and valid. Exit codes: 0 done, 2 bad input, 130
 interrupted.
 """
@@ -156,6 +159,7 @@ def replay_one(source, settings, out, args, progress):
             bag.close()
         if video is not None:
             video.close()
+    run.score_prior_floor()  # the bag (or what a Ctrl-C left of it) is the set
     summary = summarize(rows, samples, swaps, adaptation, source, settings, args)
     summary['interrupted'] = interrupted
     summary['log'] = messages[-50:]
@@ -202,6 +206,15 @@ def summarize(rows, samples, swaps, adaptation, source, settings, args):
     summary['unscaled'] = aggregate_depth_metrics([r.raw_metrics for r in measured])
     summary['constant_depth_floor_abs_rel'] = float(np.mean([r.floor_abs_rel
                                                              for r in measured]))
+    # The image-independent prior floor (the geometric mean of the replay's predictions over
+    # the frames with ground truth, for every frame): its ordinal error is not 0.5, as the
+    # constant's is, since the prior has a layout (a road-plane gradient).
+    if all(r.prior_metrics is not None for r in measured):
+        from structflow_ros.core.metrics import image_gain
+        summary['prior_floor'] = aggregate_depth_metrics([r.prior_metrics for r in measured])
+        summary['prior_floor_abs_rel'] = summary['prior_floor']['abs_rel']
+        summary['image_gain'] = image_gain(summary['median_scaled']['abs_rel'],
+                                           summary['prior_floor_abs_rel'])
     # One scale for the whole drive (what a robot with a fixed scale sees): the median of the
     # per-frame ratios, applied to every frame.
     ratios = np.array([r.metrics['scale_ratio'] for r in measured])
@@ -241,7 +254,8 @@ def write_report(out, rows, summary, swaps, label):
         writer.writerow(['index', 'stamp_ns', 'version', 'latency_ms', 'model_ms', 'pair',
                          'width', 'height', 'gt_points', 'abs_rel', 'sq_rel', 'rmse',
                          'rmse_log', 'a1', 'scale_ratio', 'abs_rel_unscaled',
-                         'floor_abs_rel'])
+                         'floor_abs_rel', 'prior_abs_rel', 'ordinal_error',
+                         'prior_ordinal_error'])
         for r in rows:
             m = r.metrics or {}
             writer.writerow([r.index, r.stamp_ns, r.version, f'{r.latency_ms:.2f}',
@@ -249,7 +263,10 @@ def write_report(out, rows, summary, swaps, label):
                              *(_fmt(m.get(k)) for k in ('abs_rel', 'sq_rel', 'rmse',
                                                         'rmse_log', 'a1', 'scale_ratio')),
                              _fmt((r.raw_metrics or {}).get('abs_rel')),
-                             _fmt(r.floor_abs_rel if r.metrics else None)])
+                             _fmt(r.floor_abs_rel if r.metrics else None),
+                             _fmt((r.prior_metrics or {}).get('abs_rel')),
+                             _fmt(m.get('ordinal_error')),
+                             _fmt((r.prior_metrics or {}).get('ordinal_error'))])
     measured = [r for r in rows if r.metrics is not None]
     if measured:
         _plots(out, measured, swaps, label)
@@ -257,6 +274,13 @@ def write_report(out, rows, summary, swaps, label):
 
 def _fmt(value):
     return '' if value is None or not math.isfinite(value) else f'{value:.5g}'
+
+
+def _ordinal(model, prior):
+    """'model (prior)' ordinal errors for the table; the constant depth's is 0.5."""
+    if not _fmt(model):
+        return '-'
+    return f'{model:.3f} ({prior:.3f})' if _fmt(prior) else f'{model:.3f}'
 
 
 def _plots(out, measured, swaps, label):
@@ -268,6 +292,9 @@ def _plots(out, measured, swaps, label):
     axis.plot(index, [r.metrics['abs_rel'] for r in measured], lw=1, label='model')
     axis.plot(index, [r.floor_abs_rel for r in measured], lw=1, color='grey', alpha=0.7,
               label='constant depth (floor)')
+    if all(r.prior_metrics is not None for r in measured):
+        axis.plot(index, [r.prior_metrics['abs_rel'] for r in measured], lw=1,
+                  color='tab:orange', alpha=0.8, label='own mean prediction (prior floor)')
     for number, (frame, version) in enumerate(swaps):
         axis.axvline(frame, color='tab:green', ls='--', lw=1,
                      label='swap (adapted version)' if number == 0 else None)
@@ -290,14 +317,18 @@ def _plots(out, measured, swaps, label):
 
 def table(summaries):
     header = ('| variant | frames | gt frames | AbsRel | SqRel | RMSE | a1 | floor AbsRel | '
-              'AbsRel (one scale) | scale spread | swaps | ms p50 |')
-    lines = [header, '|' + '---|' * 12]
+              'prior AbsRel | image gain | ordinal (prior) | AbsRel (one scale) | '
+              'scale spread | swaps | ms p50 |')
+    lines = [header, '|' + '---|' * 15]
     for s in summaries:
         scaled = s.get('median_scaled', {})
         one = s.get('global_scale', {})
         cells = [s['label'], s['frames'], s['frames_with_ground_truth'],
                  *(_fmt(scaled.get(k)) or '-' for k in TABLE_KEYS),
                  _fmt(s.get('constant_depth_floor_abs_rel')) or '-',
+                 _fmt(s.get('prior_floor_abs_rel')) or '-', _fmt(s.get('image_gain')) or '-',
+                 _ordinal(scaled.get('ordinal_error'),
+                          s.get('prior_floor', {}).get('ordinal_error')),
                  _fmt(one.get('abs_rel')) or '-',
                  _fmt(scaled.get('scale_ratio_spread')) or '-', len(s['swaps']),
                  _fmt(s['latency_ms_p50'])]

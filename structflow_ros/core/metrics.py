@@ -3,10 +3,13 @@
 Depth: Eigen et al. 2014 metrics over valid ground-truth pixels, capped to [min_depth,
 max_depth], with per-frame median scaling for relative predictions and the Garg crop on KITTI
 (as monodepth2's evaluate_depth.py), plus an ordinal error that no flat prediction can game.
+Beside a model, two floors on the same frames: one constant depth, and the image-independent
+prior (the geometric mean of the model's own predictions over the set, used for every frame),
+with the image gain, the share of the prior's AbsRel that the image removes.
 Flow: end-point error and KITTI's Fl outlier rate.
 Inputs may be NumPy arrays or torch tensors; results are plain Python floats.
 """
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -125,6 +128,142 @@ def constant_depth_floor(gt, valid=None, **kwargs) -> Dict[str, float]:
     kwargs['median_scaling'] = True
     gt_array = _to_numpy(gt, 'gt')
     return depth_metrics(np.ones(gt_array.shape), gt_array, valid, **kwargs)
+
+
+def _guarded_depth(pred: np.ndarray):
+    """max(pred, 1e-9) where pred is finite, else 1, and the finite mask.
+
+    The same guard as `depth_metrics` (depths <= 0 become 1e-9 before any ratio), so a
+    relative prediction in any unit averages in log space without -inf or NaN.
+    """
+    finite = np.isfinite(pred)
+    return np.maximum(np.where(finite, pred, 1.0), 1e-9), finite
+
+
+class _GeometricMeans:
+    """Running per-pixel geometric mean of depth maps, one per map shape.
+
+    Logs are summed relative to the first map of each shape (its guarded depth is the
+    reference): the sums stay small, and maps that are all the same give back exactly that
+    map (reference * exp(0)), so a model that ignores its input scores exactly its own prior.
+    """
+
+    def __init__(self):
+        self._sums: Dict[tuple, list] = {}  # shape -> [reference, its log, log sum, count]
+        self._means: Dict[tuple, np.ndarray] = {}
+        self.maps: Dict[tuple, int] = {}  # shape -> how many maps were added
+
+    def add(self, pred: np.ndarray) -> None:
+        depth, finite = _guarded_depth(pred)
+        log = np.log(depth)
+        if pred.shape not in self._sums:
+            self._sums[pred.shape] = [depth, log, np.zeros(pred.shape),
+                                      np.zeros(pred.shape, np.int64)]
+        _, reference_log, total, count = self._sums[pred.shape]
+        total += np.where(finite, log - reference_log, 0.0)
+        count += finite
+        self.maps[pred.shape] = self.maps.get(pred.shape, 0) + 1
+        self._means.pop(pred.shape, None)
+
+    def mean(self, shape: tuple) -> np.ndarray:
+        """exp(mean log) per pixel over every map of `shape`; NaN where none was finite."""
+        if shape not in self._means:
+            reference, _, total, count = self._sums[shape]
+            with np.errstate(invalid='ignore', divide='ignore'):
+                self._means[shape] = reference * np.exp(total / count)  # 0 / 0: NaN
+        return self._means[shape]
+
+
+def prior_floor_predictions(predictions) -> List[np.ndarray]:
+    """The image-independent prior floor's prediction for each frame of a set (design.md).
+
+    predictions: the model's (H, W) depth maps of one set, each at its ground-truth size. Each
+    frame gets the per-pixel geometric mean of the predictions of its own size (frames are
+    grouped by shape: a set may mix cameras). Why: a model can beat the constant-depth floor
+    with a layout it learned once (a road-plane gradient, a near floor and far ceiling) while
+    ignoring the image; scored exactly like the model (`depth_metrics`), this prediction is
+    that layout alone, so a model sees the set only where it beats it. The geometric mean, in
+    log space, because median scaling makes depth a ratio scale: a frame predicted twice as
+    far everywhere weighs the same as any other. Depths <= 0 are guarded as in `depth_metrics`
+    (1e-9); NaN and inf are left out of a pixel's mean (NaN where no frame is finite there).
+    Frames of one size share one array: do not write into the results.
+    """
+    maps = [_to_numpy(pred, 'prediction').astype(np.float64) for pred in predictions]
+    means = _GeometricMeans()
+    for pred in maps:
+        means.add(pred)
+    return [means.mean(pred.shape) for pred in maps]
+
+
+class PriorFloor:
+    """The prior floor of a set built one frame at a time, then scored like the model.
+
+    `add(pred, gt, valid)` per frame (pred at the ground truth's size), then `per_frame()`:
+    `depth_metrics` of each frame's `prior_floor_predictions` map against its ground truth,
+    with the keyword arguments given here (min_depth, max_depth, garg_crop), plus
+    prior_frames: how many frames of the set share its size. A frame alone at its size (a
+    one-frame set) is its own prior, so its image gain is 0 by construction. For a set that
+    arrives as a stream (a bag, a generator of frames): only one log-sum per image size is
+    kept, never the predictions, and each frame's ground truth only where it is scored when
+    that is under half the pixels (sparse lidar); a dense map is kept as given.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs['median_scaling'] = True
+        self._kwargs = kwargs
+        self._means = _GeometricMeans()
+        self._truths: list = []
+
+    def __len__(self) -> int:
+        return len(self._truths)
+
+    def add(self, pred, gt, valid=None) -> None:
+        pred = _to_numpy(pred, 'pred').astype(np.float64)
+        gt = _to_numpy(gt, 'gt')
+        if pred.shape != gt.shape:
+            raise ValueError(f'pred {pred.shape} and gt {gt.shape} differ; resize the '
+                             'prediction to the ground-truth size first')
+        self._means.add(pred)
+        mask = np.isfinite(gt) & (gt > self._kwargs.get('min_depth', 1e-3)) & \
+            (gt < self._kwargs.get('max_depth', 80.0))
+        if valid is not None:
+            mask &= _to_numpy(valid, 'valid').astype(bool)
+        if mask.mean() < 0.5:
+            # Sparse: the scored pixels only; NaN elsewhere is never valid in depth_metrics.
+            index = np.flatnonzero(mask)
+            self._truths.append((gt.shape, index.astype(np.int32) if mask.size < 2 ** 31
+                                 else index, gt[mask]))
+        else:
+            self._truths.append((gt, valid))
+
+    def per_frame(self) -> List[Dict[str, float]]:
+        """`depth_metrics` of the prior floor on every frame added, in order."""
+        results = []
+        for truth in self._truths:
+            if len(truth) == 3:
+                shape, index, values = truth
+                gt = np.full(shape, np.nan)
+                gt.flat[index] = values
+                valid = None
+            else:
+                gt, valid = truth
+            metrics = depth_metrics(self._means.mean(gt.shape), gt, valid, **self._kwargs)
+            metrics['prior_frames'] = self._means.maps[gt.shape]
+            results.append(metrics)
+        return results
+
+
+def image_gain(model_abs_rel: float, prior_abs_rel: float) -> float:
+    """1 - AbsRel(model) / AbsRel(prior floor): the share of the prior's error the image removes.
+
+    Why: beating the constant depth can come from the layout alone; a model sees a set only
+    when this is positive (design.md). A model that ignores its input predicts its own prior
+    on every frame, so its gain is 0. NaN when either is not finite or the prior's is <= 0.
+    """
+    model_abs_rel, prior_abs_rel = float(model_abs_rel), float(prior_abs_rel)
+    if not (np.isfinite(model_abs_rel) and np.isfinite(prior_abs_rel)) or prior_abs_rel <= 0:
+        return float('nan')
+    return 1.0 - model_abs_rel / prior_abs_rel
 
 
 def aggregate_depth_metrics(per_frame: Iterable[Dict[str, float]]) -> Dict[str, float]:

@@ -14,7 +14,7 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
-from structflow_ros.core.metrics import constant_depth_floor, depth_metrics
+from structflow_ros.core.metrics import PriorFloor, constant_depth_floor, depth_metrics
 from structflow_ros.online.adapter import OnlineAdapter, adapter_config_from_node_parameters
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
@@ -55,6 +55,9 @@ class FrameRow:
     raw_metrics: Optional[dict] = None  # the depth as published, no scaling
     floor_abs_rel: float = float('nan')
     gt_points: int = 0
+    # The image-independent prior floor on this frame (depth_metrics), known only once the
+    # whole bag is replayed: ReplayRun.score_prior_floor() fills it.
+    prior_metrics: Optional[dict] = None
 
 
 class ReplayRun:
@@ -87,6 +90,10 @@ class ReplayRun:
         self._last_version = self.server.served.version
         self._started = None
         self._first_record_ns = None
+        # The prior floor: the geometric mean of the replay's own predictions over the frames
+        # with ground truth (the set), scored on each once the bag is done.
+        self.prior = PriorFloor(max_depth=settings.max_depth)
+        self._prior_rows: List[FrameRow] = []
 
     def start(self):
         if self.adapter is not None:
@@ -134,7 +141,15 @@ class ReplayRun:
                                                 median_scaling=False)
                 row.floor_abs_rel = constant_depth_floor(
                     frame.gt, valid, max_depth=self.settings.max_depth)['abs_rel']
+            self.prior.add(result.depth, frame.gt, valid)
+            self._prior_rows.append(row)
         return row, result.depth
+
+    def score_prior_floor(self):
+        """Score the prior floor on every frame with ground truth replayed so far: sets each
+        measured row's prior_metrics (call once the bag is done, or after a Ctrl-C)."""
+        for row, metrics in zip(self._prior_rows, self.prior.per_frame()):
+            row.prior_metrics = metrics if row.metrics is not None else None
 
     def status(self):
         return self.adapter.status() if self.adapter is not None else {}

@@ -1,7 +1,9 @@
 """Depth and flow evaluation with the project's protocol (design.md, 'Evaluation protocol').
 
 Depth: Eigen metrics over valid ground truth with per-frame median scaling, beside the
-constant-depth floor on the same frames. Flow: EPE and Fl-all, beside OpenCV's Farneback and DIS.
+constant-depth floor and the image-independent prior floor (the geometric mean of the model's
+own predictions over the set, for every frame) on the same frames, and the image gain.
+Flow: EPE and Fl-all, beside OpenCV's Farneback and DIS.
 """
 import cv2
 import numpy as np
@@ -10,18 +12,27 @@ import torch.nn.functional as F
 
 from structflow_ros.core.inference import (DepthPredictor, crop_to, network_frame,
                                           pad_to_multiple)
-from structflow_ros.core.metrics import (aggregate_depth_metrics, constant_depth_floor,
-                                         depth_metrics, flow_metrics)
+from structflow_ros.core.metrics import (PriorFloor, aggregate_depth_metrics,
+                                         constant_depth_floor, depth_metrics, flow_metrics,
+                                         image_gain)
 
 
 def evaluate_depth(model, frames, max_depth=80.0, garg_crop=False, device='cpu',
                    keep_predictions=False, keep_aspect=False):
-    """frames: iterable of dicts with 'rgb' (H, W, 3) uint8, 'depth' (H, W) metres, optional
+    """Depth metrics of `model` on one set, beside its two floors.
+
+    frames: iterable of dicts with 'rgb' (H, W, 3) uint8, 'depth' (H, W) metres, optional
     'valid' and 'name'. keep_aspect: serve each frame at its own aspect (DepthPredictor).
-    Returns {'model': aggregate, 'floor': aggregate, 'per_frame': [...]}.
+    Returns {'model', 'floor', 'prior': aggregates, 'per_frame', 'floor_per_frame',
+    'prior_per_frame': per-frame metrics, 'image_gain': 1 - AbsRel(model) / AbsRel(prior)}
+    (+ 'predictions' with keep_predictions). The prior floor is the geometric mean of the
+    model's predictions over the whole set (per image size), so it is scored after the last
+    frame: the predictions are folded into one log-sum per size as they come (not kept unless
+    asked), and each frame's ground truth is kept until then (PriorFloor).
     """
     predictor = DepthPredictor(model, device, keep_aspect=keep_aspect)
     per_frame, floors, predictions = [], [], []
+    prior = PriorFloor(max_depth=max_depth, garg_crop=garg_crop)
     for frame in frames:
         pred = predictor.predict(frame['rgb'])  # resized back to the gt size
         metrics = depth_metrics(pred, frame['depth'], frame.get('valid'), max_depth=max_depth,
@@ -30,11 +41,17 @@ def evaluate_depth(model, frames, max_depth=80.0, garg_crop=False, device='cpu',
         per_frame.append(metrics)
         floors.append(constant_depth_floor(frame['depth'], frame.get('valid'),
                                            max_depth=max_depth, garg_crop=garg_crop))
+        prior.add(pred, frame['depth'], frame.get('valid'))
         if keep_predictions:
             predictions.append(pred)
+    priors = prior.per_frame()
+    for metrics, entry in zip(per_frame, priors):
+        entry['name'] = metrics['name']
     result = {'model': aggregate_depth_metrics(per_frame),
-              'floor': aggregate_depth_metrics(floors), 'per_frame': per_frame,
-              'floor_per_frame': floors}
+              'floor': aggregate_depth_metrics(floors),
+              'prior': aggregate_depth_metrics(priors), 'per_frame': per_frame,
+              'floor_per_frame': floors, 'prior_per_frame': priors}
+    result['image_gain'] = image_gain(result['model']['abs_rel'], result['prior']['abs_rel'])
     if keep_predictions:
         result['predictions'] = predictions
     return result
