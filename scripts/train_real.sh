@@ -13,7 +13,11 @@
 # 2. finetune: self-supervised depth on the Udacity clip (undistorted with the camera_info
 #    written by `structflow calibrate`) and the KITTI clips (their calibration), jointly with
 #    supervised synthetic depth (streets and indoor rooms) and the flow loss (the Y shape
-#    adaptation needs).
+#    adaptation needs), and the two-view geometry teacher's labels on all the real video (scale-
+#    invariant, `structflow finetune --teacher`).
+# teacher (before finetune): `structflow teacher` labels every real clip once (dashcams
+#    self-calibrated, Udacity and KITTI with their calibrations) into $TEACHER_CACHE; a clip
+#    already cached is skipped, so the stage resumes too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -39,7 +43,13 @@ ARTEFACT_FLAG=""
 # the rooms' objects and a quarter of their walls (finetune --photo-textures); 0: procedural
 # materials only.
 PHOTO_TEXTURES=${PHOTO_TEXTURES:-0}
-STAGES=${STAGES:-pretrain finetune export}
+STAGES=${STAGES:-pretrain teacher finetune export}
+# The teacher's label cache (shared by runs: the labels do not depend on the model) and the
+# weight of its loss in the finetuning (0: the finetuning without the teacher).
+TEACHER_CACHE=${TEACHER_CACHE:-runs/teacher}
+TEACHER_WEIGHT=${TEACHER_WEIGHT:-1}
+TEACHER_FLAG=""
+[ "$TEACHER_WEIGHT" != 0 ] && TEACHER_FLAG="--teacher $TEACHER_CACHE --teacher-weight $TEACHER_WEIGHT"
 U=$SHARED/udacity_calibrated_video
 # Pretraining starts from the first default model's flow path (synthetic + KITTI, made by
 # scripts/train_default.sh / `make train-first`); by default the file as committed in 6e7db80.
@@ -66,6 +76,12 @@ HELD_OUT="synthetic:fog:24:100"
 TEXTURE_FLAG=""
 [ "$PHOTO_TEXTURES" = 1 ] && TEXTURE_FLAG="--photo-textures $REAL_VIDEO"
 
+# The Udacity camera's intrinsics and distortion, from its chessboards.
+udacity_calibration() {
+  [ -f "$RUN/udacity_camera.yaml" ] || $PY -m structflow_ros.cli calibrate \
+    "$U/camera_cal" --pattern 9x6 --camera-name udacity --out "$RUN/udacity_camera.yaml"
+}
+
 for stage in $STAGES; do
   case $stage in
     pretrain)
@@ -75,10 +91,22 @@ for stage in $STAGES; do
         --init "$FIRST_MODEL" --strides 1,2 --eval $HELD_OUT \
         --steps "$PRETRAIN_STEPS" --lr 2e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --out "$RUN/pretrain" --resume ;;
+    teacher)
+      udacity_calibration
+      CAL="calib=$RUN/udacity_camera.yaml,crop=0:0.06:0:0,stride=3"
+      CLIPS=$(grep -v '^#' scripts/real_video_specs.txt | grep -v udacity_calibrated | \
+        sed "s|^|$SHARED/|")
+      for clip in chenwade__short_project_video hortovanyi__project_video_shadow \
+          hortovanyi__project_video_short; do
+        CLIPS="$CLIPS $U/fork_subclips/$clip.mp4#$CAL"
+      done
+      for clip in 1 2; do
+        KC=$SHARED/kitti_odometry_clips/KITTI_sequence_$clip
+        CLIPS="$CLIPS $KC/image_l#calib=$KC/calib.txt"
+      done
+      $PY -m structflow_ros.cli teacher $CLIPS --out "$TEACHER_CACHE" --sheet ;;
     finetune)
-      # The Udacity camera's intrinsics and distortion, from its chessboards.
-      [ -f "$RUN/udacity_camera.yaml" ] || $PY -m structflow_ros.cli calibrate \
-        "$U/camera_cal" --pattern 9x6 --camera-name udacity --out "$RUN/udacity_camera.yaml"
+      udacity_calibration
       CAL="calib=$RUN/udacity_camera.yaml,crop=0:0.06:0:0"
       VIDEO="$U/fork_subclips/chenwade__short_project_video.mp4#$CAL
 $U/fork_subclips/hortovanyi__project_video_shadow.mp4#$CAL
@@ -90,7 +118,7 @@ $U/fork_subclips/hortovanyi__project_video_short.mp4#$CAL"
       $PY -m structflow_ros.cli finetune --init "$FINETUNE_INIT" \
         --data $STREETS $ROOMS \
         --video $VIDEO --supervised --self-supervised --depth-gradient-weight "$DEPTH_GRADIENT" \
-        --random-crops --color-jitter $ARTEFACT_FLAG $TEXTURE_FLAG \
+        --random-crops --color-jitter $ARTEFACT_FLAG $TEXTURE_FLAG $TEACHER_FLAG \
         --input-norm per_image --eval $HELD_OUT \
         --steps "$FINETUNE_STEPS" --lr 1e-4 --eval-every 500 --checkpoint-every 100 \
         --threads "$THREADS" --seed "$SEED" --ema "$EMA" --out "$RUN/finetune" --resume ;;

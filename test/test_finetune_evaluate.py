@@ -68,7 +68,7 @@ def test_finetune_refuses_wrong_architecture_and_missing_loss(tmp_path, capsys):
     assert run(finetune, ['--init', str(other), '--supervised'] + argv) == 2
     assert 'resnet50' in capsys.readouterr().err
     assert run(finetune, ['--scratch'] + argv) == 2
-    assert '--supervised, --self-supervised or both' in capsys.readouterr().err
+    assert '--supervised, --self-supervised and/or --teacher' in capsys.readouterr().err
     assert run(finetune, ['--scratch', '--supervised', '--data', 'clip.mp4', '--steps', '1',
                           '--out', str(tmp_path / 'y')] + TINY) == 2
     assert 'synthetic:DOMAIN' in capsys.readouterr().err

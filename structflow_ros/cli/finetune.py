@@ -15,7 +15,10 @@ Depth losses: --supervised (scale-invariant loss on ground-truth depth, dense or
 --self-supervised (monodepth2 reprojection with known intrinsics and the pose network), or both.
 Real calibrated video (--video, each spec with calib=FILE from `structflow calibrate` or a KITTI
 calib.txt) trains the self-supervised loss on real frames; its batches alternate with the
-synthetic ones. --random-crops trains every network aspect the node serves at:
+synthetic ones. --teacher CACHE (from `structflow teacher`) adds the two-view geometry
+teacher's labels on real video, calibrated or not: a fully scale-invariant loss on its sparse
+depth, and the flow loss on its pairs; its batches join the round. --random-crops trains every
+network aspect the node serves at:
 
   structflow finetune --init runs/real/pretrain/last.pt --supervised --self-supervised \
       --data synthetic:day:200:21 --video "udacity.mp4#calib=udacity.yaml,crop=0:0.06:0:0" \
@@ -43,6 +46,11 @@ def get_args_parser():
     parser.add_argument('--video', nargs='*', default=[],
                         help='calibrated real video specs PATH#calib=FILE[,crop=...,stride=N] '
                         'for the self-supervised loss (needs --self-supervised)')
+    parser.add_argument('--teacher', nargs='*', default=[], metavar='CACHE',
+                        help='teacher caches (folders or .teacher.npz files written by '
+                        '`structflow teacher`): real frames with two-view depth labels')
+    parser.add_argument('--teacher-weight', type=float, default=1.0, metavar='W',
+                        help='weight of the loss on the teacher labels (default 1)')
     parser.add_argument('--color-jitter', action='store_true',
                         help='colour jitter of every training sample (training.datasets.'
                         'DEPTH_JITTER: contrast down to 0.4x, brightness, saturation, hue)')
@@ -101,10 +109,15 @@ def main(args):
     from structflow_ros.core.training import grad_cosine_similarity
     from structflow_ros.training.evaluation import evaluate_depth
     try:
-        if not (args.supervised or args.self_supervised):
-            raise ValueError('choose a depth loss: --supervised, --self-supervised or both')
-        if not (args.data or args.video):
-            raise ValueError('no training data: give --data synthetic specs and/or --video')
+        if not (args.supervised or args.self_supervised or args.teacher):
+            raise ValueError('choose a depth loss: --supervised, --self-supervised and/or '
+                             '--teacher CACHE')
+        if not (args.data or args.video or args.teacher):
+            raise ValueError('no training data: give --data synthetic specs, --video and/or '
+                             '--teacher caches')
+        if args.teacher and not args.teacher_weight > 0:
+            raise ValueError(f'--teacher-weight must be > 0 with --teacher, got '
+                             f'{args.teacher_weight}')
         if args.video and not args.self_supervised:
             raise ValueError('--video trains the self-supervised depth loss: add '
                              '--self-supervised')
@@ -142,6 +155,8 @@ def main(args):
         jitter = datasets.DEPTH_JITTER if args.color_jitter else None
         video = (datasets.CalibratedVideoDataset(args.video, sizes, seed=args.seed,
                                                  jitter=jitter) if args.video else None)
+        teacher = (datasets.TeacherDepthDataset(args.teacher, sizes, seed=args.seed,
+                                                jitter=jitter) if args.teacher else None)
         eval_sequences = [datasets.render_synthetic(datasets.SyntheticSpec.parse(s),
                                                     config.height, config.width)
                           for s in args.eval]
@@ -168,7 +183,8 @@ def main(args):
             depth=DepthLossConfig(gradient_weight=args.depth_gradient_weight),
             flow_weight=args.flow_weight if joint_flow else 0.0,
             depth_supervised_weight=1.0 if args.supervised else 0.0,
-            depth_selfsup_weight=1.0 if args.self_supervised else 0.0)
+            depth_selfsup_weight=1.0 if args.self_supervised else 0.0,
+            depth_teacher_weight=args.teacher_weight if args.teacher else 0.0)
     except (ValueError, OSError) as error:
         return cli_common.fail('finetune', error)
 
@@ -207,9 +223,14 @@ def main(args):
         if video is not None:
             streams.append(datasets.video_depth_batches(video, loop.batch_size, loop.seed, rank,
                                                         world))
+        if teacher is not None:
+            streams.append(datasets.teacher_depth_batches(teacher, loop.batch_size, loop.seed,
+                                                          rank, world))
         return datasets.alternate(*streams)
 
-    run = RunSpec(stage='finetune', trained_on=[str(d) for d in args.data + args.video],
+    run = RunSpec(stage='finetune',
+                  trained_on=[str(d) for d in args.data + args.video] + [
+                      clip.meta['spec'] for clip in (teacher.clips if teacher else [])],
                   trainable_modules=tuple(trainable),
                   extra={'init': args.init or 'scratch', 'loaded_modules': loaded,
                          'labels_per_sequence': args.labels, 'joint_flow': joint_flow,
@@ -217,6 +238,8 @@ def main(args):
                          'color_jitter': bool(args.color_jitter),
                          'camera_artefacts': bool(args.camera_artefacts),
                          'photo_textures': list(args.photo_textures),
+                         'teacher': list(args.teacher),
+                         'teacher_labelled_frames': teacher.labelled_frames if teacher else 0,
                          'training_sizes': [list(s) for s in sizes]})
     return cli_common.run_training('finetune', model, make_batches, loop, step_config, run,
                                    evaluate)

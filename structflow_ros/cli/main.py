@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     'finetune': ('finetune', 'depth finetuning of a (pretrained) structure encoder'),
     'calibrate': ('calibrate', 'chessboard images or video -> camera_info YAML (intrinsics, '
                   'distortion)'),
+    'teacher': ('teacher', 'two-view geometry depth labels for real video, cached per clip'),
     'evaluate': ('evaluate', 'Eigen depth metrics and flow EPE on data with ground truth'),
     'export': ('export', 'make a serving checkpoint (fp16, no optimizer) from a training one'),
     'demo': ('demo', 'run the node on a synthetic drive or a video and write a report'),

@@ -349,6 +349,9 @@ class DepthLossConfig:
     # (`log_depth_gradient_loss`; MegaDepth uses 0.5). 0 = off, the loss is silog alone.
     gradient_weight: float = 0.0
     gradient_scales: int = 4
+    # Variance focus of the loss on the two-view teacher's labels: 1, fully scale-invariant,
+    # since each label map has a scale of its own (data/teacher.py: median 1 per frame).
+    teacher_lambda: float = 1.0
 
     def __post_init__(self):
         if not (math.isfinite(self.gradient_weight) and self.gradient_weight >= 0):

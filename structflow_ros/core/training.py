@@ -5,7 +5,10 @@ Which losses run follows from the batch keys and the config weights:
   flow when forward-backward occlusion masking is on);
 - 'depth_gt' (B, 1, H, W) [+ 'depth_valid']: scale-invariant log loss on frame0's depth;
 - 'K' (B, 3, 3) with 'frame1' and/or 'frame_prev' and a pose network: monodepth2's
-  self-supervised depth loss with frame0 as the target view.
+  self-supervised depth loss with frame0 as the target view;
+- 'teacher_depth' (B, 1, H, W) [+ 'teacher_valid']: the fully scale-invariant log loss on
+  frame0's depth against the two-view geometry teacher's sparse, up-to-scale labels
+  (data/teacher.py).
 Frozen modules (requires_grad False) and the module's train()/eval() state are the caller's
 choice; train_step never changes them. A NaN anywhere skips the step (never a backward on it:
 see the grid_sample segfault in shared/toolchain.md) and says why in the metrics.
@@ -25,7 +28,7 @@ from structflow_ros.core.losses import (DepthLossConfig, FlowLossConfig, flow_lo
                                         self_supervised_depth_loss)
 from structflow_ros.core.networks import disp_to_depth, normalize_image
 
-LOSS_NAMES = ('flow', 'depth_supervised', 'depth_selfsup', 'depth')
+LOSS_NAMES = ('flow', 'depth_supervised', 'depth_selfsup', 'depth_teacher', 'depth')
 PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -39,6 +42,7 @@ class TrainStepConfig:
     flow_weight: float = 1.0
     depth_supervised_weight: float = 1.0
     depth_selfsup_weight: float = 1.0
+    depth_teacher_weight: float = 1.0
     # Clip the global gradient norm (None: no clipping, the norm is still reported). Guards
     # online adaptation against one bad pair throwing the encoder far away.
     max_grad_norm: Optional[float] = 10.0
@@ -49,7 +53,8 @@ class TrainStepConfig:
     precision: str = 'float32'
 
     def __post_init__(self):
-        for name in ('flow_weight', 'depth_supervised_weight', 'depth_selfsup_weight'):
+        for name in ('flow_weight', 'depth_supervised_weight', 'depth_selfsup_weight',
+                     'depth_teacher_weight'):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
@@ -124,15 +129,35 @@ def _plan(model, batch: Dict, config: TrainStepConfig) -> Dict[str, bool]:
         and 'depth_gt' in batch,
         'depth_selfsup': config.depth_selfsup_weight > 0 and 'frame0' in batch
         and 'K' in batch and bool(sources) and has_pose,
+        'depth_teacher': config.depth_teacher_weight > 0 and 'frame0' in batch
+        and 'teacher_depth' in batch,
     }
     if not any(plan.values()):
         raise ValueError(
             f'no loss can run: batch keys {sorted(batch)}, flow branch {has_flow_branch}, pose '
             f'network {has_pose}, weights flow={config.flow_weight}, depth_supervised='
-            f'{config.depth_supervised_weight}, depth_selfsup={config.depth_selfsup_weight}. '
-            "Need 'frame0'+'frame1' (flow), 'frame0'+'depth_gt' (supervised depth) or "
-            "'frame0'+'K'+'frame1'/'frame_prev' with a pose network (self-supervised depth)")
+            f'{config.depth_supervised_weight}, depth_selfsup={config.depth_selfsup_weight}, '
+            f'depth_teacher={config.depth_teacher_weight}. '
+            "Need 'frame0'+'frame1' (flow), 'frame0'+'depth_gt' (supervised depth), "
+            "'frame0'+'K'+'frame1'/'frame_prev' with a pose network (self-supervised depth) or "
+            "'frame0'+'teacher_depth' (two-view teacher)")
     return plan
+
+
+def _depth_and_target(outputs: Dict, batch: Dict, target_key: str, valid_key: str,
+                      min_depth: float, max_depth: float):
+    """(predicted depth at the target's size, target, valid mask), each (B, 1, H, W), for a
+    loss on a depth map target (ground truth or the teacher's labels)."""
+    target = batch[target_key].float()
+    if target.dim() == 3:
+        target = target.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+    valid = batch.get(valid_key)
+    valid = (target > 0) if valid is None else valid.reshape(target.shape).bool()
+    disp = outputs['disp'][0].float()
+    if disp.shape[-2:] != target.shape[-2:]:
+        disp = F.interpolate(disp, size=target.shape[-2:], mode='bilinear', align_corners=False)
+    _, depth = disp_to_depth(disp, min_depth, max_depth)
+    return depth, target, valid
 
 
 def _loss_terms(model, batch: Dict, config: TrainStepConfig, step: int,
@@ -145,7 +170,7 @@ def _loss_terms(model, batch: Dict, config: TrainStepConfig, step: int,
     frame1 = batch.get('frame1')
     need_backward = plan['flow'] and config.flow.fb_occlusion \
         and step >= config.flow.occlusion_start_step
-    need_depth = plan['depth_supervised'] or plan['depth_selfsup']
+    need_depth = plan['depth_supervised'] or plan['depth_selfsup'] or plan['depth_teacher']
     need_pose_next = plan['depth_selfsup'] and frame1 is not None
     with autocast if autocast is not None else contextlib.nullcontext():
         # One forward: the structure encoder runs once for every head (and BatchNorm sees it once).
@@ -168,15 +193,8 @@ def _loss_terms(model, batch: Dict, config: TrainStepConfig, step: int,
         terms['flow'] = config.flow_weight * loss
         metrics.update(flow_metrics)
     if plan['depth_supervised']:
-        gt = batch['depth_gt'].float()
-        if gt.dim() == 3:
-            gt = gt.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
-        valid = batch.get('depth_valid')
-        valid = (gt > 0) if valid is None else valid.reshape(gt.shape).bool()
-        disp = outputs['disp'][0].float()
-        if disp.shape[-2:] != gt.shape[-2:]:
-            disp = F.interpolate(disp, size=gt.shape[-2:], mode='bilinear', align_corners=False)
-        _, depth = disp_to_depth(disp, min_depth, max_depth)
+        depth, gt, valid = _depth_and_target(outputs, batch, 'depth_gt', 'depth_valid',
+                                             min_depth, max_depth)
         loss, silog_metrics = scale_invariant_loss(depth, gt, valid, config.depth.silog_lambda)
         metrics.update({'depth_silog': silog_metrics['silog'],
                         'depth_valid_pixels': float(silog_metrics['valid_pixels'])})
@@ -185,6 +203,14 @@ def _loss_terms(model, batch: Dict, config: TrainStepConfig, step: int,
             loss = loss + config.depth.gradient_weight * gradient
             metrics['depth_gradient'] = float(gradient.detach())
         terms['depth_supervised'] = config.depth_supervised_weight * loss
+    if plan['depth_teacher']:
+        depth, labels, valid = _depth_and_target(outputs, batch, 'teacher_depth',
+                                                 'teacher_valid', min_depth, max_depth)
+        loss, teacher_metrics = scale_invariant_loss(depth, labels, valid,
+                                                     config.depth.teacher_lambda)
+        metrics.update({'depth_teacher_silog': teacher_metrics['silog'],
+                        'depth_teacher_pixels': float(teacher_metrics['valid_pixels'])})
+        terms['depth_teacher'] = config.depth_teacher_weight * loss
     if plan['depth_selfsup']:
         sources, poses = [], []
         if pose_prev is not None:
@@ -380,9 +406,9 @@ def grad_cosine_similarity(model: torch.nn.Module, batch: Dict[str, torch.Tensor
 
     Test-time training helps the main task when the two gradients correlate (Sun et al.,
     ICML 2020), so this is the number to watch between the depth and flow losses on the shared
-    encoder. Loss names: 'flow', 'depth_supervised', 'depth_selfsup', 'depth' (both depth
-    terms present). Leaves .grad and the BatchNorm running statistics untouched. Returns NaN
-    when one gradient is zero.
+    encoder. Loss names: 'flow', 'depth_supervised', 'depth_selfsup', 'depth_teacher',
+    'depth' (every depth term present). Leaves .grad and the BatchNorm running statistics
+    untouched. Returns NaN when one gradient is zero.
     """
     for name in (loss_a, loss_b):
         if name not in LOSS_NAMES:
@@ -398,7 +424,8 @@ def grad_cosine_similarity(model: torch.nn.Module, batch: Dict[str, torch.Tensor
     buffers = _snapshot_buffers(model)
 
     def pick(terms, name):
-        keys = ('depth_supervised', 'depth_selfsup') if name == 'depth' else (name,)
+        keys = (('depth_supervised', 'depth_selfsup', 'depth_teacher') if name == 'depth'
+                else (name,))
         present = [terms[key] for key in keys if key in terms]
         if not present:
             raise ValueError(f'loss {name!r} did not run for this batch (ran: {sorted(terms)}); '

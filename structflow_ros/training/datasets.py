@@ -334,3 +334,86 @@ def alternate(*streams):
     """Round-robin over endless batch streams (one optimiser step each)."""
     for batches in zip(*streams):
         yield from batches
+
+
+def downsample_labels(depth: np.ndarray, valid: np.ndarray, size) -> tuple:
+    """Sparse labels (H, W) -> (depth, valid) at `size` (h, w): the mean log depth of the
+    labelled pixels under each output pixel (area-weighted); an output pixel is labelled when
+    at least half its area was. Nearest-neighbour would alias thin structures; a plain average
+    of depth would mix a labelled pixel with the zeros around it."""
+    weight = valid.astype(np.float32)
+    log_depth = np.where(valid, np.log(np.maximum(depth, 1e-6)), 0.0).astype(np.float32)
+    target = (int(size[1]), int(size[0]))
+    area = cv2.resize(weight, target, interpolation=cv2.INTER_AREA)
+    total = cv2.resize(log_depth, target, interpolation=cv2.INTER_AREA)
+    keep = area >= 0.5
+    out = np.where(keep, np.exp(total / np.maximum(area, 1e-6)), 0.0).astype(np.float32)
+    return out, keep
+
+
+class TeacherDepthDataset(IterableDataset):
+    """Real frames with the two-view geometry teacher's labels (data/teacher.py caches).
+
+    Yields frame0 (a labelled frame), frame1 (its pair partner, for the flow loss) as (3, h, w)
+    float tensors in [0, 1], teacher_depth (1, h, w) (up to scale; 0 where unlabelled) and
+    teacher_valid (1, h, w): a random window of the aspect of one of `sizes` (the same for
+    both frames and the labels), flipped half the time. Samples with fewer than
+    `min_pixels` labelled network pixels are skipped.
+    """
+
+    def __init__(self, paths, sizes, seed=0, crop_scale=(0.7, 1.0), flip=True, jitter=None,
+                 min_pixels=64):
+        from structflow_ros.data.teacher import cache_files, read_cache
+        self.clips = [read_cache(path) for path in cache_files(paths)]
+        self.clips = [clip for clip in self.clips if len(clip.index)]
+        if not self.clips:
+            raise ValueError(f'the teacher caches {list(map(str, paths))} hold no labelled '
+                             'frame (every clip abstained: static or too short)')
+        self.sizes = tuple(tuple(s) for s in sizes)
+        self.seed, self.crop_scale, self.flip = seed, crop_scale, flip
+        self.jitter, self.min_pixels = jitter, min_pixels
+        self.epoch = 0
+
+    @property
+    def labelled_frames(self):
+        return sum(len(clip.index) for clip in self.clips)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        items = [(c, k) for c, clip in enumerate(self.clips) for k in range(len(clip.index))]
+        for c, k in (items[j] for j in rng.permutation(len(items))):
+            sample = self._sample(self.clips[c], k, rng)
+            if sample is not None:
+                yield sample
+
+    def _sample(self, clip, k, rng):
+        from structflow_ros.data.pairs import random_window
+        size = self.sizes[int(rng.integers(len(self.sizes)))]
+        first, second = clip.images[clip.index[k]], clip.images[clip.partner[k]]
+        y0, x0, box_h, box_w = random_window(*first.shape[:2], size, self.crop_scale, rng)
+        window = (slice(y0, y0 + box_h), slice(x0, x0 + box_w))
+        labels = clip.depth[k][window].astype(np.float32)
+        depth, valid = downsample_labels(labels, labels > 0, size)
+        if valid.sum() < self.min_pixels:
+            return None
+        frames = [network_frame(np.ascontiguousarray(image[window]), size)[0]
+                  for image in (first, second)]  # (3, h, w) each
+        depth = torch.from_numpy(depth)[None]
+        valid = torch.from_numpy(valid)[None]
+        if self.flip and rng.random() < 0.5:
+            frames = [t.flip(-1) for t in frames]
+            depth, valid = depth.flip(-1), valid.flip(-1)
+        if self.jitter is not None and rng.random() < self.jitter.jitter_prob:
+            frames = jitter_tensors(frames, rng, self.jitter)
+        return {'frame0': frames[0], 'frame1': frames[1], 'teacher_depth': depth,
+                'teacher_valid': valid}
+
+
+def teacher_depth_batches(dataset, batch_size, seed=0, rank=0, world_size=1):
+    """Endless batches of TeacherDepthDataset samples, one size per batch."""
+    dataset.seed = seed + 1000 * rank
+    yield from map(depth_collate, bucket_batches(
+        epochs(dataset, 'the teacher caches gave no labelled sample'), batch_size))
