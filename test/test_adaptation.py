@@ -310,9 +310,16 @@ def test_restart_resumes_the_last_accepted_state_and_refuses_foreign_ones(tmp_pa
     other, store = make_adapter(tmp_path, tiny_drive, feed=False, model=tiny_model(seed=5))
     assert store.version == 1 and 'adapted from other base weights' in other.resumed
 
-    message = resumed.reset()
-    assert 'reset to the base weights' in message and not resumed.state_dir.path.exists()
+    ok, message = resumed.reset()
+    assert ok and 'reset to the base weights' in message
+    assert not resumed.state_dir.path.exists()
     assert resumed.served_version == store.version or resumed.store.version == 3
+    # A saved state that cannot be deleted (here a directory in its place; a read-only mount
+    # alike): the reset still serves the base weights and says what is left behind.
+    resumed.state_dir.path.mkdir()
+    ok, message = resumed.reset()
+    assert not ok and 'could not be removed' in message and str(resumed.state_dir.path) in message
+    assert resumed.served_version == resumed.store.version
 
 
 def test_adapter_thread_pauses_resumes_and_stops(tmp_path, tiny_drive):

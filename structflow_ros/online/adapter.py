@@ -452,7 +452,13 @@ class OnlineAdapter:
         return f'adaptation learning rate {lr:g}'
 
     def reset(self):
-        """Back to the base weights: both copies, the optimiser, the server, the saved state."""
+        """Back to the base weights: both copies, the optimiser, the server, the saved state.
+
+        Returns (ok, message), as `save` does. A saved state that cannot be deleted (a
+        read-only mount, a directory in its place) leaves the base weights serving and says so
+        with ok False: the node must answer the service, not die (issue 28).
+        """
+        ok = True
         with self._lock:
             self._load_both(self.base_state)
             self._new_optimizer()
@@ -463,11 +469,17 @@ class OnlineAdapter:
                 'stage': 'base'})
             removed = ''
             if self.state_dir is not None and self.state_dir.path.exists():
-                self.state_dir.path.unlink()
-                removed = f'; removed {self.state_dir.path}'
+                try:
+                    self.state_dir.path.unlink()
+                    removed = f'; removed {self.state_dir.path}'
+                except OSError as error:
+                    ok = False
+                    removed = (f'; but the saved state {self.state_dir.path} could not be '
+                               f'removed ({error.strerror or error}): the next start resumes '
+                               'it unless it is deleted by hand')
         message = f'adaptation reset to the base weights (version {self.served_version}){removed}'
-        self._log('info', message)
-        return message
+        self._log('info' if ok else 'warning', message)
+        return ok, message
 
     def rebase(self, state_dict, meta):
         """New base weights (a `~/reload_weights`): adaptation restarts from them, L2-SP

@@ -306,11 +306,11 @@ class DepthNode(Node):
         del request
         if self.adapter is None:
             return self._adaptation_off(response)
-        response.message = self.adapter.reset()
+        removed, response.message = self.adapter.reset()
         served, reason = self.server.wait_until_serving(self.adapter.served_version,
                                                         SWAP_TIMEOUT_S,
                                                         alive=self._thread.is_alive)
-        response.success = served
+        response.success = served and removed
         if not served:
             response.message += f'; not served yet: {reason}'
         return response
