@@ -241,6 +241,27 @@ def test_teacher_command_labels_an_image_folder_and_names_a_bad_source(tmp_path,
     clip = T.read_cache(line['cache'])
     np.testing.assert_array_equal(clip.images[1], frames[1].rgb)
     assert Path(line['cache']).with_suffix('').with_suffix('.png').stat().st_size > 1000
-    # Cached clips are skipped on the next run (the stage resumes).
+    # Cached clips are skipped on the next run (the stage resumes)...
     assert command.main(command.get_args_parser().parse_args(argv[:1] + argv[2:])) == 0
     assert 'cached in' in capsys.readouterr().out
+    # ...unless they were labelled with other settings.
+    assert command.main(command.get_args_parser().parse_args(
+        argv[:1] + argv[2:] + ['--min-parallax-px', '4'])) == 0
+    assert 'relabelling' in capsys.readouterr().out
+    assert T.read_cache(line['cache']).meta['config']['min_parallax_px'] == 4.0
+
+
+def test_a_still_uncalibrated_clip_gets_the_prior_and_no_labels():
+    _, _, image = analytic_scene()
+    labels, K, description = T.label_clip([image] * 4, None)
+    assert labels == {} and description['abstained'] == {'static': 2, 'clip_end': 2}
+    assert description['self_calibration']['prior']
+    assert K[0, 0] == pytest.approx(T.PRIOR_FOCAL_WIDTHS * image.shape[1])
+
+
+def test_finetune_refuses_synthetic_data_without_its_depth_loss(cache_dir, tmp_path, capsys):
+    from structflow_ros.cli import finetune
+    argv = ['--scratch', '--teacher', str(cache_dir[0]), '--data', 'synthetic:day:4:1',
+            '--steps', '1', '--out', str(tmp_path / 'x'), '--device', 'cpu', '--no-progress']
+    assert finetune.main(finetune.get_args_parser().parse_args(argv)) == 2
+    assert 'add --supervised and/or --self-supervised' in capsys.readouterr().err

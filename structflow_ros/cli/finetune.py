@@ -115,6 +115,10 @@ def main(args):
         if not (args.data or args.video or args.teacher):
             raise ValueError('no training data: give --data synthetic specs, --video and/or '
                              '--teacher caches')
+        if args.data and not (args.supervised or args.self_supervised):
+            raise ValueError('--data synthetic specs train a depth loss: add --supervised '
+                             'and/or --self-supervised (--teacher covers only its own '
+                             'real frames)')
         if args.teacher and not args.teacher_weight > 0:
             raise ValueError(f'--teacher-weight must be > 0 with --teacher, got '
                              f'{args.teacher_weight}')

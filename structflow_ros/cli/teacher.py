@@ -66,7 +66,25 @@ def write_sheet(path, clip, rows=6, height=120):
     return path
 
 
+def _stale(path, spec, config, focal):
+    """Why the cache at `path` was not made by this request (None: it was). Two specs may share
+    a file name (calib= is named by its file's stem), and settings may change between runs."""
+    from dataclasses import asdict
+
+    from structflow_ros.data.teacher import TeacherCacheError, read_cache
+    try:
+        meta = read_cache(path).meta
+    except TeacherCacheError as error:
+        return str(error)
+    if meta.get('spec') != str(spec):
+        return f"it holds {meta.get('spec')}"
+    if meta.get('config') != asdict(config) or meta.get('focal_argument') != focal:
+        return 'it was labelled with other settings'
+    return None
+
+
 def main(args):
+    import cv2
     from tqdm import tqdm
 
     from structflow_ros.data.teacher import (TeacherConfig, cache_name, intrinsics_from_focal,
@@ -85,19 +103,26 @@ def main(args):
     for spec in args.sources:
         path = out / cache_name(spec)
         if path.exists() and not args.overwrite:
-            print(f'{spec}: cached in {path} (--overwrite relabels)')
-            continue
+            reason = _stale(path, spec, config, args.focal)
+            if reason is None:
+                print(f'{spec}: cached in {path} (--overwrite relabels)')
+                continue
+            print(f'{spec}: relabelling {path}: {reason}')
         try:
             frames, K = read_clip(spec, config.max_width)
-            if K is None and args.focal is not None:
+            if not frames:
+                raise ValueError('no frames after preparation (crop, stride, duplicates)')
+            given = K is None and args.focal is not None
+            if given:
                 K = intrinsics_from_focal(args.focal, *frames[0].shape[:2])
             with tqdm(total=len(frames), desc=Path(spec.partition('#')[0]).name, unit='frame',
                       disable=args.no_progress, dynamic_ncols=True) as progress:
                 labels, K, description = label_clip(frames, K, config, progress)
-            if args.focal is not None and description['intrinsics'] == 'calibrated':
+            if given:
                 description['intrinsics'] = 'given (--focal)'
+            description['focal_argument'] = args.focal
             write_cache(path, spec, frames, labels, K, config, description)
-        except (ValueError, OSError) as error:  # SourceError is a ValueError
+        except (ValueError, OSError, cv2.error) as error:  # SourceError is a ValueError
             print(f'structflow teacher: {spec}: {error}', file=sys.stderr)
             failed += 1
             continue

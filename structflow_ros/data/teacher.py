@@ -10,7 +10,7 @@ geometry"). Per pair (frame t, frame t + gap of a prepared clip):
    flow failures), the Sampson epipolar residual (independently moving objects and flow
    outliers break the rigid motion), the parallax angle (near the epipole and far away the
    triangulation is ill-conditioned), and cheirality (the point lies in front of both cameras);
-5. confidence in (0, 1] from the same cues, for the loss to weigh.
+5. confidence in (0, 1] from the same cues (cached; finetuning does not weigh by it yet).
 Near-static pairs (median flow under `static_flow_px`) and pairs whose motion explains too few
 pixels give no labels at all: the teacher abstains instead of guessing.
 
@@ -560,7 +560,13 @@ def label_clip(frames: Sequence[np.ndarray], K: Optional[np.ndarray],
     height, width = frames[0].shape[:2]
     description = {'frames': len(frames), 'height': height, 'width': width}
     if K is None:
-        focal, details = self_calibrate(frames, config, seed=seed)
+        try:
+            focal, details = self_calibrate(frames, config, seed=seed)
+        except ValueError as error:
+            # A clip that never moves shows no focal; it gets the prior and then abstains
+            # frame by frame (an empty cache), as a calibrated one would.
+            focal = PRIOR_FOCAL_WIDTHS * width
+            details = {'focal_px': focal, 'prior': True, 'why': str(error)}
         K = intrinsics_from_focal(focal, height, width)
         description.update(intrinsics='self_calibrated', self_calibration=details)
     else:

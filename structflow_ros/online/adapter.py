@@ -475,8 +475,8 @@ class OnlineAdapter:
                 except OSError as error:
                     ok = False
                     removed = (f'; but the saved state {self.state_dir.path} could not be '
-                               f'removed ({error.strerror or error}): the next start resumes '
-                               'it unless it is deleted by hand')
+                               f'removed ({error.strerror or error}): delete it by hand, or '
+                               'a later start may resume it')
         message = f'adaptation reset to the base weights (version {self.served_version}){removed}'
         self._log('info' if ok else 'warning', message)
         return ok, message
