@@ -128,20 +128,11 @@ def reference_depth(image0, image1, K, pose0, pose1):
     flow_fw, flow_bw = T.dis_flow_both_ways(image0, image1)
     fb_error, inside = T.forward_backward_error(flow_fw, flow_bw)
     relative = np.linalg.inv(pose1) @ pose0  # camera 0 -> camera 1
-    R, t = relative[:3, :3], relative[:3, 3]
-    height, width = flow_fw.shape[:2]
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float64)
-    p0 = np.stack([grid_x.ravel(), grid_y.ravel()], 1)
-    p1 = p0 + flow_fw.reshape(-1, 2)
-    K_inv = np.linalg.inv(K)
-    ones = np.ones((len(p0), 1))
-    z0, z1, parallax = T.triangulate_rays(np.concatenate([p0, ones], 1) @ K_inv.T,
-                                          np.concatenate([p1, ones], 1) @ K_inv.T, R, t)
-    epipolar = T.sampson_px(T.fundamental_from_motion(K, R, t), p0, p1)
-    parallax_px = np.radians(parallax) * K[0, 0]
-    good = ((fb_error.ravel() < 0.5) & inside.ravel() & (epipolar < 1.0) & (parallax_px > 3)
-            & (z0 > 0) & (z1 > 0))
-    return np.where(good, z0, np.nan).reshape(height, width)
+    z0, z1, parallax_px, epipolar = T.flow_geometry(flow_fw, K, relative[:3, :3],
+                                                    relative[:3, 3])
+    good = ((fb_error < 0.5) & inside & (epipolar < 1.0) & (parallax_px > 3) & (z0 > 0)
+            & (z1 > 0))
+    return np.where(good, z0, np.nan)
 
 
 def udacity_focal(shared, config, calib):

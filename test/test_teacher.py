@@ -265,3 +265,26 @@ def test_finetune_refuses_synthetic_data_without_its_depth_loss(cache_dir, tmp_p
             '--steps', '1', '--out', str(tmp_path / 'x'), '--device', 'cpu', '--no-progress']
     assert finetune.main(finetune.get_args_parser().parse_args(argv)) == 2
     assert 'add --supervised and/or --self-supervised' in capsys.readouterr().err
+
+
+def test_a_clip_computes_each_pairs_flow_once_with_the_same_labels():
+    frames = [f.rgb for f in rendered(frames=4, size=(96, 192), seed=9)]
+    K = T.intrinsics_from_focal(110.0, 96, 192)
+    calls = []
+    original = T.dis_flow_both_ways
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    shared = T.PairFlows(frames)
+    try:
+        T.dis_flow_both_ways = counted
+        labels = [T.label_frame(frames, i, K, flows=shared) for i in (1, 2)]
+    finally:
+        T.dis_flow_both_ways = original
+    assert len(calls) == 3  # pairs (0, 1), (1, 2), (2, 3): (1, 2) serves both frames
+    for i, label in zip((1, 2), labels):
+        alone = T.label_frame(frames, i, K)  # its own flows, both pairs computed afresh
+        np.testing.assert_array_equal(label.depth, alone.depth)
+        assert label.stats == alone.stats

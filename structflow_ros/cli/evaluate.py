@@ -241,7 +241,7 @@ def flow_sets(args, config):
 
 def main(args):
     from structflow_ros.core import load_model, resolve_device
-    from structflow_ros.core.config import aspect_network_size
+    from structflow_ros.core.inference import serving_input_size
     from structflow_ros.paths import default_weights_path
     from structflow_ros.training.evaluation import evaluate_depth, evaluate_flow
     weights = args.weights or str(default_weights_path())
@@ -271,9 +271,7 @@ def main(args):
     model_hw = (model.config.height, model.config.width)
 
     def network_size(height, width):  # the input size a frame is served at (DepthPredictor)
-        if aspects[0] != 'keep':
-            return model_hw
-        return aspect_network_size(height, width, model_hw[0] * model_hw[1])
+        return serving_input_size((height, width), model_hw, aspects[0] == 'keep')
     print(f"{'set':<22} {'':<6} " + ' '.join(f'{k.replace("_error", ""):>9}' for k in keys))
     sheet_rows = []
     predictions = {}

@@ -71,9 +71,9 @@ def _stale(path, spec, config, focal):
     a file name (calib= is named by its file's stem), and settings may change between runs."""
     from dataclasses import asdict
 
-    from structflow_ros.data.teacher import TeacherCacheError, read_cache
+    from structflow_ros.data.teacher import TeacherCacheError, read_cache_meta
     try:
-        meta = read_cache(path).meta
+        meta = read_cache_meta(path)
     except TeacherCacheError as error:
         return str(error)
     if meta.get('spec') != str(spec):

@@ -73,6 +73,16 @@ def resolve_device(name='auto'):
     raise ValueError(f"unknown device '{name}'; choose from auto, cpu, cuda, cuda:N")
 
 
+def serving_input_size(frame_hw, model_hw, keep_aspect):
+    """The network input size (h, w) a frame of `frame_hw` (H, W) is served at: the model size
+    (`model_hw`), or with `keep_aspect` the size of the frame's own aspect with about as many
+    pixels (core.config.aspect_network_size)."""
+    if not keep_aspect:
+        return tuple(model_hw)
+    from structflow_ros.core.config import aspect_network_size
+    return aspect_network_size(int(frame_hw[0]), int(frame_hw[1]), model_hw[0] * model_hw[1])
+
+
 class DepthPredictor:
     """Runs the depth branch on single RGB frames; one instance per serving thread.
 
@@ -125,11 +135,7 @@ class DepthPredictor:
 
     def input_size_for(self, frame_hw):
         """The network input size (h, w) for a frame of `frame_hw` (H, W)."""
-        if not self.keep_aspect:
-            return self.input_size
-        from structflow_ros.core.config import aspect_network_size
-        return aspect_network_size(int(frame_hw[0]), int(frame_hw[1]),
-                                   self.input_size[0] * self.input_size[1])
+        return serving_input_size(frame_hw, self.input_size, self.keep_aspect)
 
     def preprocess(self, rgb):
         """(H, W, 3) uint8 RGB numpy -> (1, 3, h, w) float [0, 1] tensor at the network size."""

@@ -230,9 +230,7 @@ class PriorFloor:
             mask &= _to_numpy(valid, 'valid').astype(bool)
         if mask.mean() < 0.5:
             # Sparse: the scored pixels only; NaN elsewhere is never valid in depth_metrics.
-            index = np.flatnonzero(mask)
-            self._truths.append((gt.shape, index.astype(np.int32) if mask.size < 2 ** 31
-                                 else index, gt[mask]))
+            self._truths.append((gt.shape, np.flatnonzero(mask), gt[mask]))
         else:
             self._truths.append((gt, valid))
 

@@ -261,6 +261,23 @@ def triangulate_rays(x0: np.ndarray, x1: np.ndarray, R: np.ndarray, t: np.ndarra
     return z0, z1, parallax
 
 
+def flow_geometry(flow_fw: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray):
+    """Every pixel's flow ray pair under the motion X1 = R X0 + t, as (H, W) maps: depth in
+    camera 0 and camera 1, parallax in pixels (ray angle x focal) and the Sampson epipolar
+    residual in pixels."""
+    height, width = flow_fw.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float64)
+    p0 = np.stack([grid_x.ravel(), grid_y.ravel()], 1)  # (H*W, 2)
+    p1 = p0 + flow_fw.reshape(-1, 2).astype(np.float64)
+    K_inv = np.linalg.inv(K)
+    ones = np.ones((len(p0), 1))
+    z0, z1, parallax = triangulate_rays(np.concatenate([p0, ones], 1) @ K_inv.T,
+                                        np.concatenate([p1, ones], 1) @ K_inv.T, R, t)
+    parallax_px = np.radians(parallax) * float(np.sqrt(K[0, 0] * K[1, 1]))
+    epipolar = sampson_px(fundamental_from_motion(K, R, t), p0, p1)
+    return tuple(v.reshape(height, width) for v in (z0, z1, parallax_px, epipolar))
+
+
 def _fb_consistent_points(flow_fw, flow_bw, max_fb_px):
     error, inside = forward_backward_error(flow_fw, flow_bw)
     consistent = inside & (error < max_fb_px)
@@ -294,12 +311,11 @@ def two_view_depth(image0: np.ndarray, image1: np.ndarray, K: np.ndarray,
         return TwoViewLabel(empty, empty.copy(), dict(stats, abstained='static'))
     fb_error, consistent = _fb_consistent_points(flow_fw, flow_bw, config.max_fb_px)
     stats['fb_consistent'] = float(consistent.mean())
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float64)
-    p0_all = np.stack([grid_x.ravel(), grid_y.ravel()], 1)  # (H*W, 2)
-    p1_all = p0_all + flow_fw.reshape(-1, 2).astype(np.float64)
     rng = np.random.default_rng(seed)
     fit = _sample(consistent, config.fit_points, rng)
-    motion = fit_motion(p0_all[fit], p1_all[fit], K, config.ransac_px, seed)
+    p0 = np.stack([fit % width, fit // width], 1).astype(np.float64)
+    p1 = p0 + flow_fw.reshape(-1, 2)[fit].astype(np.float64)
+    motion = fit_motion(p0, p1, K, config.ransac_px, seed)
     if motion is None:
         return TwoViewLabel(empty, empty.copy(), dict(stats, abstained='no_motion'))
     R, t, inliers = motion
@@ -307,15 +323,7 @@ def two_view_depth(image0: np.ndarray, image1: np.ndarray, K: np.ndarray,
     stats['rotation_deg'] = float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
     if stats['inlier_share'] < config.min_inlier_share:
         return TwoViewLabel(empty, empty.copy(), dict(stats, abstained='few_inliers'))
-    F = fundamental_from_motion(K, R, t)
-    epipolar = sampson_px(F, p0_all, p1_all).reshape(height, width)
-    K_inv = np.linalg.inv(K)
-    ones = np.ones((len(p0_all), 1))
-    x0 = np.concatenate([p0_all, ones], 1) @ K_inv.T
-    x1 = np.concatenate([p1_all, ones], 1) @ K_inv.T
-    z0, z1, parallax = triangulate_rays(x0, x1, R, t)
-    z0, z1, parallax = (v.reshape(height, width) for v in (z0, z1, parallax))
-    parallax_px = np.radians(parallax) * float(np.sqrt(K[0, 0] * K[1, 1]))
+    z0, z1, parallax_px, epipolar = flow_geometry(flow_fw, K, R, t)
     keep = consistent & (epipolar < config.max_epipolar_px) & \
         (parallax_px > config.min_parallax_px) & (z0 > 0) & (z1 > 0)
     if keep.mean() < config.min_density:
@@ -366,19 +374,44 @@ def combine_pairs(first: TwoViewLabel, second: TwoViewLabel, max_disagreement: f
     return TwoViewLabel(depth.astype(np.float32), confidence.astype(np.float32), stats)
 
 
+class PairFlows:
+    """DIS flows of a clip's pairs, each computed once: frame i's pair with i + gap is frame
+    i + gap's pair with i, the same two flows swapped. Keeps the latest `keep` pairs."""
+
+    def __init__(self, frames: Sequence[np.ndarray], preset: str = 'medium', keep: int = 8):
+        self.frames, self.preset, self.keep = frames, preset, keep
+        self._flows: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, i: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(flow i -> j, flow j -> i)."""
+        key = (min(i, j), max(i, j))
+        if key not in self._flows:
+            if len(self._flows) >= self.keep:
+                self._flows.pop(next(iter(self._flows)))
+            self._flows[key] = dis_flow_both_ways(self.frames[key[0]], self.frames[key[1]],
+                                                  self.preset)
+        forward, backward = self._flows[key]
+        return (forward, backward) if i < j else (backward, forward)
+
+
 def label_frame(frames: Sequence[np.ndarray], i: int, K: np.ndarray,
-                config: Optional[TeacherConfig] = None, seed: int = 0) -> TwoViewLabel:
+                config: Optional[TeacherConfig] = None, seed: int = 0,
+                flows: Optional[PairFlows] = None) -> TwoViewLabel:
     """Labels of frame i of a clip from its pairs with frames i - gap and i + gap (an end
-    frame, with one partner only, gets none)."""
+    frame, with one partner only, gets none). `flows`: a clip's PairFlows, shared by its
+    frames."""
     config = config or TeacherConfig()
+    flows = flows or PairFlows(frames, config.dis_preset)
     before, after = i - config.gap, i + config.gap
     if before < 0 or after >= len(frames):
         empty = np.zeros(frames[i].shape[:2], np.float32)
         return TwoViewLabel(empty, empty.copy(), {'density': 0.0, 'abstained': 'clip_end'})
-    forward = two_view_depth(frames[i], frames[after], K, config, seed=seed)
+    forward = two_view_depth(frames[i], frames[after], K, config, flows=flows(i, after),
+                             seed=seed)
     if forward.stats.get('abstained'):
         return forward
-    backward = two_view_depth(frames[i], frames[before], K, config, seed=seed + 1)
+    backward = two_view_depth(frames[i], frames[before], K, config, flows=flows(i, before),
+                              seed=seed + 1)
     label = combine_pairs(forward, backward, config.max_view_disagreement)
     if not label.stats.get('abstained') and label.stats['density'] < config.min_density:
         label.stats['abstained'] = 'sparse'
@@ -572,8 +605,9 @@ def label_clip(frames: Sequence[np.ndarray], K: Optional[np.ndarray],
     else:
         description['intrinsics'] = 'calibrated'
     labels, abstained = {}, {}
+    flows = PairFlows(frames, config.dis_preset)
     for i in range(len(frames)):
-        label = label_frame(frames, i, K, config, seed=seed + 2 * i)
+        label = label_frame(frames, i, K, config, seed=seed + 2 * i, flows=flows)
         reason = label.stats.get('abstained')
         if reason is None:
             labels[i] = (i + config.gap, label)
@@ -641,6 +675,35 @@ class TeacherClip:
 CACHE_KEYS = ('images', 'depth', 'confidence', 'index', 'partner', 'K', 'meta')
 
 
+def _meta(path: Path, data) -> Dict:
+    try:
+        meta = json.loads(str(data['meta']))
+    except ValueError:
+        raise TeacherCacheError(f'teacher cache {path}: its description is not JSON') from None
+    if meta.get('version') != CACHE_VERSION:
+        raise TeacherCacheError(f"teacher cache {path} is version {meta.get('version')}, this "
+                                f'code reads {CACHE_VERSION}; rewrite it with `structflow '
+                                'teacher`')
+    return meta
+
+
+def read_cache_meta(path) -> Dict:
+    """A cache's description alone (the frames stay compressed on disk); TeacherCacheError
+    naming the file when it cannot be read."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if 'meta' not in data.files:
+                raise TeacherCacheError(f'teacher cache {path} lacks its description; rewrite '
+                                        'it with `structflow teacher`')
+            return _meta(path, data)
+    except TeacherCacheError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise TeacherCacheError(f'teacher cache {path} cannot be read ({error}); rewrite it '
+                                'with `structflow teacher`') from None
+
+
 def read_cache(path) -> TeacherClip:
     """Read and check one cache file; any problem raises TeacherCacheError naming the file."""
     path = Path(path)
@@ -656,14 +719,7 @@ def read_cache(path) -> TeacherClip:
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         raise TeacherCacheError(f'teacher cache {path} cannot be read ({error}); rewrite it '
                                 'with `structflow teacher`') from None
-    try:
-        meta = json.loads(str(arrays['meta']))
-    except ValueError:
-        raise TeacherCacheError(f'teacher cache {path}: its description is not JSON') from None
-    if meta.get('version') != CACHE_VERSION:
-        raise TeacherCacheError(f"teacher cache {path} is version {meta.get('version')}, this "
-                                f'code reads {CACHE_VERSION}; rewrite it with `structflow '
-                                'teacher`')
+    meta = _meta(path, arrays)
     images, depth = arrays['images'], arrays['depth']
     count = len(images)
     shapes_ok = (images.ndim == 4 and images.shape[3] == 3 and images.dtype == np.uint8
