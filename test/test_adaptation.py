@@ -25,7 +25,8 @@ from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, Scori
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
 from structflow_ros.online.server import DepthServer
-from structflow_ros.online.state_dir import AdaptationStateDir, weights_fingerprint
+from structflow_ros.online.state_dir import (AdaptationStateDir, CameraIdentity, StateDirBusy,
+                                             weights_fingerprint)
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.paths import default_weights_path
 
@@ -291,35 +292,110 @@ def test_new_base_weights_that_cannot_serve_are_refused_before_adaptation_rebase
         adapter.set_lr(float('nan'))
 
 
+FRONT = CameraIdentity('front_optical', 96, 64, (80.0, 0, 48, 0, 80.0, 32, 0, 0, 1))
+
+
 def test_restart_resumes_the_last_accepted_state_and_refuses_foreign_ones(tmp_path, tiny_drive):
     adapter, _ = make_adapter(tmp_path, tiny_drive)
+    adapter.observe_camera(FRONT)
     adapter.cycle()
     adapter.gate.config.margin, adapter.gate.config.min_win_fraction = -1.0, 0.0
     adapter.gate.probe = None
     assert adapter.propose().accepted
     accepted = adapter.accepted_model.state_dict()
+    assert read_checkpoint(adapter.state_dir.path)['extra']['camera']['frame_id'] == (
+        'front_optical')
+    # One adapter per directory: a second one is refused, naming the holder, while the first
+    # holds it (issue 28: two cameras shared one state).
+    with pytest.raises(StateDirBusy, match=r'in use by another adapter in this process'):
+        make_adapter(tmp_path, tiny_drive, feed=False)
+    adapter.stop()  # releases the directory
 
     resumed, store = make_adapter(tmp_path, tiny_drive, feed=False)
-    assert 'resumed adapted version 2' in resumed.resumed
-    assert store.version == 2  # the resumed state is what serves from the start
+    # Nothing serves or trains from the saved state before a frame shows whose camera this is.
+    assert resumed.awaiting_camera and store.version == 1 and not resumed.ready_to_train()
+    resumed.observe_camera(FRONT)
+    assert 'resumed adapted version 2' in resumed.resumed and not resumed.awaiting_camera
+    assert store.version == 2
     for name, value in accepted.items():
         assert torch.equal(resumed.accepted_model.state_dict()[name], value), name
+    resumed.stop()
+    # Another camera (frame_id, size, or K beyond calibration noise) does not resume it.
+    others = [CameraIdentity('rear_optical', 96, 64, FRONT.K),
+              CameraIdentity('front_optical', 640, 480, FRONT.K),
+              CameraIdentity('front_optical', 96, 64, (120.0, 0, 48, 0, 120.0, 32, 0, 0, 1))]
+    for camera, words in zip(others, ("frame_id 'front_optical'", '96x64 images', 'fx 80.0')):
+        other, store = make_adapter(tmp_path, tiny_drive, feed=False)
+        other.observe_camera(camera)
+        assert store.version == 1 and 'not resumed' in other.resumed and words in other.resumed
+        other.stop()
+    # Calibration noise, or no camera_info yet, is still this camera.
+    for camera in (CameraIdentity('front_optical', 96, 64, (80.5, 0, 48.2, 0, 80.4, 32, 0, 0, 1)),
+                   CameraIdentity('front_optical', 96, 64, None)):
+        same, store = make_adapter(tmp_path, tiny_drive, feed=False)
+        same.observe_camera(camera)
+        assert store.version == 2 and 'resumed' in same.resumed, same.resumed
+        same.stop()
 
     fresh, store = make_adapter(tmp_path, tiny_drive, feed=False, resume=False)
-    assert store.version == 1 and fresh.resumed == ''
+    assert store.version == 1 and fresh.resumed == '' and not fresh.awaiting_camera
+    fresh.stop()
     other, store = make_adapter(tmp_path, tiny_drive, feed=False, model=tiny_model(seed=5))
     assert store.version == 1 and 'adapted from other base weights' in other.resumed
+    other.stop()
 
+    resumed, store = make_adapter(tmp_path, tiny_drive, feed=False)
     ok, message = resumed.reset()
-    assert ok and 'reset to the base weights' in message
+    assert ok and 'reset to the base weights' in message and not resumed.awaiting_camera
     assert not resumed.state_dir.path.exists()
-    assert resumed.served_version == store.version or resumed.store.version == 3
+    assert resumed.served_version == store.version
     # A saved state that cannot be deleted (here a directory in its place; a read-only mount
     # alike): the reset still serves the base weights and says what is left behind.
     resumed.state_dir.path.mkdir()
     ok, message = resumed.reset()
     assert not ok and 'could not be removed' in message and str(resumed.state_dir.path) in message
     assert resumed.served_version == resumed.store.version
+    resumed.stop()
+
+
+def test_the_state_directory_lock_is_per_process_and_dies_with_it(tmp_path):
+    """flock on the directory: another process is refused with our pid named; a SIGKILLed
+    holder leaves no stale lock; temp files of a live process are left alone, a dead one's and
+    our own are removed."""
+    directory = tmp_path / 'state'
+    holder = AdaptationStateDir(directory)
+    holder.acquire()
+    code = ('import sys; from structflow_ros.online.state_dir import AdaptationStateDir\n'
+            'try:\n    state = AdaptationStateDir(sys.argv[1]); state.acquire()\n'
+            'except OSError as error:\n    print(error); sys.exit(3)\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
+    refused = subprocess.run([sys.executable, '-c', code, str(directory)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 3, refused.stderr
+    assert f'pid {os.getpid()}' in refused.stdout and 'its own adapt_state_dir' in refused.stdout
+    holder.release()
+    # A holder killed with SIGKILL: the kernel drops its lock; its temp file is dead litter.
+    sleeper = subprocess.Popen([sys.executable, '-c', code.replace(
+        'state.acquire()', 'state.acquire(); print("held", flush=True); '
+        'import time; time.sleep(600)'), str(directory)], env=env, stdout=subprocess.PIPE,
+        text=True)
+    assert sleeper.stdout.readline().strip() == 'held'
+    live_temp = directory / f'.adapted.pt.{sleeper.pid}.abc.tmp'
+    live_temp.write_bytes(b'a save in progress')
+    mine = directory / f'.adapted.pt.{os.getpid()}.abc.tmp'
+    mine.write_bytes(b'ours, interrupted')
+    with pytest.raises(StateDirBusy):
+        AdaptationStateDir(directory).acquire()
+    sleeper.kill()
+    sleeper.wait(30)
+    dead_temp = live_temp
+    other_live = directory / f'.adapted.pt.{os.getppid()}.abc.tmp'  # a live process not ours
+    other_live.write_bytes(b'another process is saving')
+    state = AdaptationStateDir(directory)
+    state.acquire()  # the dead holder's lock is gone
+    assert not dead_temp.exists() and not mine.exists() and other_live.exists()
+    state.release()
 
 
 def test_adapter_thread_pauses_resumes_and_stops(tmp_path, tiny_drive):
@@ -458,8 +534,9 @@ def test_sigkill_during_saves_never_leaves_an_unreadable_state(tmp_path):
         zygote.kill()
         zygote.wait(30)
     assert seen_versions, 'no save completed before any kill (nothing was tested)'
-    # Temp files of interrupted saves are cleaned when the directory is opened again.
-    AdaptationStateDir(directory)
+    # Temp files of interrupted saves (their writers are dead) are cleaned when an adapter
+    # takes the directory again.
+    AdaptationStateDir(directory).acquire()
     assert not [p for p in directory.iterdir() if p.name.endswith('.tmp')]
 
 

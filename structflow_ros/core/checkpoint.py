@@ -30,7 +30,10 @@ def atomic_torch_save(obj, path):
     """torch.save to `path` via a temp file + fsync + rename; the old file survives any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    # The writer's pid in the name: a cleanup of killed saves can tell its own temp files (and
+    # those of dead processes) from a save another process has in progress.
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp',
+                                    dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as handle:
             torch.save(obj, handle)

@@ -40,7 +40,8 @@ from structflow_ros.core.checkpoint import load_state_strict
 from structflow_ros.online.probe import check_predictor
 from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, ScoringPairs,
                                         rigid_reprojection_error)
-from structflow_ros.online.state_dir import AdaptationStateDir, weights_fingerprint
+from structflow_ros.online.state_dir import (AdaptationStateDir, CameraIdentity,
+                                             camera_mismatch, weights_fingerprint)
 
 ADAPTER_THREAD_NAME = 'structflow-adapter'
 
@@ -199,6 +200,8 @@ class OnlineAdapter:
                            for name, tensor in base_state.items()}
         self.base_fingerprint = weights_fingerprint(self.base_state)
         self.state_dir = AdaptationStateDir(state_dir) if state_dir else None
+        if self.state_dir is not None:
+            self.state_dir.acquire()  # StateDirBusy (an OSError) when another process owns it
         self.counts = {'steps': 0, 'skipped_steps': 0, 'candidates': 0,
                        'accepted': 0, 'refused': 0, 'rollbacks': 0, 'saves': 0,
                        'save_failures': 0}
@@ -214,19 +217,19 @@ class OnlineAdapter:
         self.training_model = self._new_model(self.base_state).to(self.device)
         self.accepted_model = self._new_model(self.base_state).to(self.device)
         self.accepted_model.requires_grad_(False)
+        self.camera = None  # CameraIdentity of the live camera, from observe_camera
         self.resumed = ''
+        # A saved state is resumed only once the first frame has shown that it is this
+        # camera's (observe_camera); until then the base weights serve and nothing trains.
+        self._pending_resume = None
         if self.state_dir is not None and resume:
             saved, info = self.state_dir.load(self.base_fingerprint)
             if saved is None:
                 self.resumed = info
             else:
-                self._load_both(saved)
-                self.resumed = (f"resumed adapted version {info['version']} "
-                                f"({info['step']} adapter steps) from {self.state_dir.path}")
-                self.counts['steps'] = info['step']
-                self.served_version = store.publish(saved, {
-                    'model_config': self.model_config, 'path': str(self.state_dir.path),
-                    'stage': 'online_adaptation', 'step': info['step']})
+                self._pending_resume = (saved, info)
+                self.resumed = (f'a saved state in {self.state_dir.path} waits for the first '
+                                'frame to show it is this camera\'s')
         self._new_optimizer()
         self.regularizer = None
         if self.config.l2sp_weight > 0:
@@ -269,7 +272,41 @@ class OnlineAdapter:
     # Synchronous API (the thread, replay, benchmarks and tests call these)
     # ------------------------------------------------------------------------------------------
     def ready_to_train(self):
-        return len(self.buffer) >= self.config.min_train_pairs
+        return (self._pending_resume is None
+                and len(self.buffer) >= self.config.min_train_pairs)
+
+    @property
+    def awaiting_camera(self):
+        return self._pending_resume is not None
+
+    def observe_camera(self, camera):
+        """The live camera's identity (every frame; cheap when unchanged). The first one decides
+        whether the saved state is resumed: only when it was adapted to this camera."""
+        if camera == self.camera:
+            return
+        self.camera = camera
+        if self._pending_resume is None:
+            return
+        saved, info = self._pending_resume
+        self._pending_resume = None
+        recorded = info['extra'].get('camera')
+        why = camera_mismatch(CameraIdentity.from_dict(recorded), camera) if recorded else ''
+        if why:
+            self.resumed = (f'saved state {self.state_dir.path} not resumed: {why}; adapting '
+                            'from the base weights (a save will replace it)')
+            self._log('warning', self.resumed)
+            return
+        with self._lock:
+            self._load_both(saved)
+            self.counts['steps'] = info['step']
+            self.served_version = self.store.publish(saved, {
+                'model_config': self.model_config, 'path': str(self.state_dir.path),
+                'stage': 'online_adaptation', 'step': info['step']})
+        self.resumed = (f"resumed adapted version {info['version']} ({info['step']} adapter "
+                        f'steps) from {self.state_dir.path}'
+                        + ('' if recorded else ' (it records no camera: saved by an older '
+                           'structflow)'))
+        self._log('info', self.resumed)
 
     def train_step(self):
         """One step on a live batch (plus source replay pairs); returns its metrics, or None
@@ -417,7 +454,8 @@ class OnlineAdapter:
                     self.accepted_model, store_version=self.served_version,
                     step=self.counts['steps'], base_fingerprint=self.base_fingerprint,
                     metrics=self.last_decision.as_dict() if self.last_decision else {},
-                    extra={'adapter_config': _plain(asdict(self.config))})
+                    extra={'adapter_config': _plain(asdict(self.config))},
+                    camera=self.camera)
         except OSError as error:
             self.counts['save_failures'] += 1
             self.last_error = (f'could not save version {self.served_version} to '
@@ -460,6 +498,7 @@ class OnlineAdapter:
         """
         ok = True
         with self._lock:
+            self._pending_resume = None  # a reset also means: do not resume the saved state
             self._load_both(self.base_state)
             self._new_optimizer()
             self._refusals_in_row = 0
@@ -503,6 +542,7 @@ class OnlineAdapter:
                                for name, tensor in state_dict.items()
                                if name.split('.', 1)[0] in candidate.module_names()}
             self.base_fingerprint = weights_fingerprint(self.base_state)
+            self._pending_resume = None  # adapted from the old base: not for the new one
             self._load_both(self.base_state)
             self._new_optimizer()
             if self.regularizer is not None:
@@ -608,6 +648,8 @@ class OnlineAdapter:
         self._enabled.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        if self.state_dir is not None:
+            self.state_dir.release()
 
 
 def _plain(value):

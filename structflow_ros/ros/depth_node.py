@@ -8,8 +8,9 @@ Subscribes `image` (sensor_msgs/Image, or CompressedImage with input_compressed:
 `depth/points` (PointCloud2 xyz + rgb), each with the input image's header, and /diagnostics.
 
 Threads: the executor (a MultiThreadedExecutor: the image callbacks and the diagnostics timer in
-the default callback group, the services in their own group so a reload or a save never delays
-a frame), one inference thread, the depth server's converter thread and, with `adapt:=true`,
+the default callback group, the services in their own reentrant group so a reload or a save never
+delays a frame; the slow calls run on their own worker, one per kind, a second request answered
+'busy' at once: structflow_ros/online/service_calls.py), one inference thread, the depth server's converter thread and, with `adapt:=true`,
 the adaptation thread (structflow_ros/online/adapter.py). The image callback only drops the frame
 into a single-slot, drop-oldest buffer; the inference thread decodes, runs the model and
 publishes. New weights (from ~/reload_weights now, from on-robot adaptation later) are published
@@ -24,11 +25,12 @@ import time
 
 import rclpy
 import torch
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -42,6 +44,8 @@ from structflow_ros.online.adapter import (NODE_PARAMETERS, OnlineAdapter,
                                            adapter_config_from_node_parameters)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
+from structflow_ros.online.service_calls import SlowCalls
+from structflow_ros.online.state_dir import CameraIdentity, StateDirBusy, resolve_state_dir
 from structflow_ros.online.server import (DepthServer, NotServableError,
                                           read_serving_checkpoint, resolve_weights_path)
 from structflow_ros.online.weight_store import VersionedWeightStore
@@ -58,6 +62,14 @@ INFERENCE_THREAD_NAME = 'structflow-inference'
 IDLE_POLL_S = 0.05
 # How long ~/reload_weights waits for the inference thread to serve the new version.
 SWAP_TIMEOUT_S = 10.0
+# How long a service handler waits for its slow call (reload, reset, save) before it answers
+# 'still running' and frees its executor thread; the call's result is then logged.
+SERVICE_WAIT_S = 30.0
+# Executor threads: images and the diagnostics timer (the default, mutually exclusive group),
+# one per slow-call kind that may be running (weights, save), one to answer everything else at
+# once (busy replies, enable, parameters) while those run.
+EXECUTOR_THREADS = 4
+SERVICE_QUEUE_DEPTH = 100
 WARN_PERIOD_S = 5.0
 
 
@@ -84,6 +96,8 @@ class DepthNode(Node):
         self._rays = conversions.RayCache()
         self._thread = None
         self._declaring = False
+        self._slow_calls = SlowCalls(log=self._log)
+        self._adaptation_refused = ''  # why adapt:=true did not start adaptation
         try:
             self._setup()
         except BaseException:
@@ -160,18 +174,24 @@ class DepthNode(Node):
         # one of these (rarely changing) messages costs nothing.
         self._camera_info = CameraInfoSource(self, 'camera_info', make_qos('best_effort', 5))
         self._info_sub = self._camera_info.subscription
-        # Services in their own group: with the MultiThreadedExecutor a reload (up to
-        # SWAP_TIMEOUT_S) or a save runs beside the image callbacks, never in their way.
-        self._service_group = MutuallyExclusiveCallbackGroup()
+        # Services in their own reentrant group: a second request while a reload or a save runs
+        # is taken by another executor thread and answered 'busy' at once (SlowCalls), so at
+        # most one call per kind holds a thread and image callbacks always find one.
+        self._service_group = ReentrantCallbackGroup()
+        # A burst of requests (a script retrying in a loop) fits in the request queue: each is
+        # taken and answered, the ones that find their kind running at once.
+        service_qos = QoSProfile(depth=SERVICE_QUEUE_DEPTH,
+                                 reliability=ReliabilityPolicy.RELIABLE)
         self._reload_srv = self.create_service(Trigger, '~/reload_weights', self._on_reload,
+                                               qos_profile=service_qos,
                                                callback_group=self._service_group)
         self._adapt_srvs = [
             self.create_service(SetBool, '~/adaptation/enable', self._on_adapt_enable,
-                                callback_group=self._service_group),
+                                qos_profile=service_qos, callback_group=self._service_group),
             self.create_service(Trigger, '~/adaptation/reset', self._on_adapt_reset,
-                                callback_group=self._service_group),
+                                qos_profile=service_qos, callback_group=self._service_group),
             self.create_service(Trigger, '~/adaptation/save', self._on_adapt_save,
-                                callback_group=self._service_group)]
+                                qos_profile=service_qos, callback_group=self._service_group)]
         self._diag_timer = self.create_timer(self._param('diagnostics_period'),
                                              self._publish_diagnostics)
 
@@ -187,7 +207,9 @@ class DepthNode(Node):
             f"depth: {self._outputs['depth'].topic_name}, depth_mode "
             f"{self._param('depth_mode')}; adaptation "
             + (f"on (state in {self.adapter.state_dir.directory}; {self.adapter.resumed})"
-               if self.adapter is not None else 'off (adapt:=true to enable)'))
+               if self.adapter is not None else
+               f'off ({self._adaptation_refused})' if self._adaptation_refused
+               else 'off (adapt:=true to enable)'))
 
     def _make_adapter(self, state_dict, meta):
         """The adaptation thread's objects (not started yet); returns the pair buffer."""
@@ -198,11 +220,17 @@ class DepthNode(Node):
         adapter_config = adapter_config_from_node_parameters(
             {name: self._param(name) for name in (*NODE_PARAMETERS, 'adapt_gate')})
         pair_buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
+        state_dir = resolve_state_dir(self._param('adapt_state_dir'),
+                                      self.get_fully_qualified_name())
         try:
             self.adapter = OnlineAdapter(
                 state_dict, config, self.weight_store, pair_buffer, adapter_config,
-                self.device, self._param('adapt_state_dir'), self._param('adapt_resume'),
-                log=self._log)
+                self.device, state_dir, self._param('adapt_resume'), log=self._log)
+        except StateDirBusy as error:
+            # Depth is the product: serve it, but never adapt in another camera's directory.
+            self._adaptation_refused = str(error)
+            self.get_logger().error(f'adaptation not started: {error}; serving without it')
+            return None
         except (ValueError, OSError) as error:
             raise StartupError(f'cannot start adaptation: {error}') from None
         return pair_buffer
@@ -251,76 +279,88 @@ class DepthNode(Node):
         if self._slot.put((msg, now)):
             self.stats.record_stale()
 
+    def _answer(self, service, response, call):
+        """Fill `response` from `call()` -> (ok, message); any exception becomes a failed reply
+        naming it (a handler is total: the node answers and goes on serving)."""
+        try:
+            ok, message = call()
+        except Exception as error:  # noqa: BLE001 - total: every failure becomes a reply
+            ok, message = False, (f'failed: {type(error).__name__}: {error}; the node goes on '
+                                  f'serving version {self._served_version()}')
+        response.success, response.message = bool(ok), str(message)
+        if message.startswith('busy:'):  # a burst of calls must not flood the log
+            self._warn_throttled(f'busy:{service}', f'{service}: {message}')
+        elif not ok:
+            self.get_logger().error(f'{service}: {message}')
+        return response
+
+    def _served_version(self):
+        return self.server.served.version if self.server is not None else 0
+
     def _on_reload(self, request, response):
         del request
+        return self._answer('~/reload_weights', response, lambda: self._slow_calls.run(
+            'weights', 'a reload', self._reload, SERVICE_WAIT_S))
+
+    def _reload(self):
         path = resolve_weights_path(self._param('weights'))  # re-read: it may have been set
-        serving = self.server.served.version
+        serving = self._served_version()
         try:
             state_dict, meta = read_serving_checkpoint(path)
-        except (CheckpointError, ValueError, RuntimeError) as error:
-            response.success = False
-            response.message = (f'reload refused, still serving version {serving}: {error}')
-            self.get_logger().error(response.message)
-            return response
-        if self.adapter is not None:
-            try:
+            if self.adapter is not None:
                 # Adaptation continues from the new weights (and resets its anchor to them).
                 version = self.adapter.rebase(state_dict, meta)
-            except ValueError as error:
-                response.success = False
-                response.message = (f'reload refused, still serving version {serving}: {error}')
-                self.get_logger().error(response.message)
-                return response
-        else:
-            version = self.weight_store.publish(state_dict, meta)
+            else:
+                version = self.weight_store.publish(state_dict, meta)
+        except (CheckpointError, ValueError, RuntimeError) as error:
+            return False, f'reload refused, still serving version {serving}: {error}'
         del state_dict
         served, reason = self.server.wait_until_serving(version, SWAP_TIMEOUT_S,
                                                         alive=self._thread.is_alive)
-        if served:
-            self.weights_path = path
-            response.success = True
-            response.message = f'serving {path} as version {version}'
-            self.get_logger().info(response.message)
-        else:
-            response.success = False
-            response.message = (f'version {version} ({path}) published but not '
-                                f'served: {reason}; still serving version '
-                                f'{self.server.served.version}')
-            self.get_logger().error(response.message)
-        return response
+        if not served:
+            return False, (f'version {version} ({path}) published but not served: {reason}; '
+                           f'still serving version {self._served_version()}')
+        self.weights_path = path
+        message = f'serving {path} as version {version}'
+        self.get_logger().info(message)
+        return True, message
 
-    def _adaptation_off(self, response):
-        response.success = False
-        response.message = 'adaptation is off (start the node with adapt:=true)'
-        return response
+    def _adaptation_off(self):
+        return False, 'adaptation is off' + (
+            f': {self._adaptation_refused}' if self._adaptation_refused
+            else ' (start the node with adapt:=true)')
 
     def _on_adapt_enable(self, request, response):
-        if self.adapter is None:
-            return self._adaptation_off(response)
-        response.message = self.adapter.set_enabled(request.data)
-        response.success = True
-        self.get_logger().info(response.message)
-        return response
+        def enable():
+            if self.adapter is None:
+                return self._adaptation_off()
+            message = self.adapter.set_enabled(request.data)
+            self.get_logger().info(message)
+            return True, message
+        return self._answer('~/adaptation/enable', response, enable)
 
     def _on_adapt_reset(self, request, response):
         del request
         if self.adapter is None:
-            return self._adaptation_off(response)
-        removed, response.message = self.adapter.reset()
+            return self._answer('~/adaptation/reset', response, self._adaptation_off)
+        return self._answer('~/adaptation/reset', response, lambda: self._slow_calls.run(
+            'weights', 'an adaptation reset', self._reset, SERVICE_WAIT_S))
+
+    def _reset(self):
+        removed, message = self.adapter.reset()
         served, reason = self.server.wait_until_serving(self.adapter.served_version,
                                                         SWAP_TIMEOUT_S,
                                                         alive=self._thread.is_alive)
-        response.success = served and removed
         if not served:
-            response.message += f'; not served yet: {reason}'
-        return response
+            message += f'; not served yet: {reason}'
+        return served and removed, message
 
     def _on_adapt_save(self, request, response):
         del request
         if self.adapter is None:
-            return self._adaptation_off(response)
-        response.success, response.message = self.adapter.save()
-        return response
+            return self._answer('~/adaptation/save', response, self._adaptation_off)
+        return self._answer('~/adaptation/save', response, lambda: self._slow_calls.run(
+            'save', 'a save', self.adapter.save, SERVICE_WAIT_S))
 
     # ------------------------------------------------------------------------------------------
     # Inference thread
@@ -356,6 +396,8 @@ class DepthNode(Node):
                                  f'dropped a bad frame on {self._image_sub.topic_name}: {error}')
             return
         height, width = rgb.shape[:2]
+        if self.adapter is not None:
+            self.adapter.observe_camera(self._camera_identity(msg.header, width, height))
         out_height = settings['output_height'] or height
         out_width = settings['output_width'] or width
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -393,6 +435,13 @@ class DepthNode(Node):
         done = time.monotonic()
         self.stats.record_output(result.version, result.model_s,
                                  started - received, done - started, done)
+
+    def _camera_identity(self, header, width, height):
+        """frame_id, size and (once camera_info came) K: whose adaptation state fits."""
+        info = self._camera_info.for_stamp(header.stamp)
+        usable = info is not None and (info.width, info.height) in ((width, height), (0, 0))
+        K = tuple(float(v) for v in info.k) if usable and any(info.k) else None
+        return CameraIdentity(header.frame_id, width, height, K)
 
     def _depth_camera(self, header, width, height, out_width, out_height, settings):
         """Rescaled camera_info and rays for this frame, or (None, None) without camera_info."""
@@ -465,6 +514,8 @@ class DepthNode(Node):
             extra.update(self.adapter.status())
         else:
             extra['adaptation_enabled'] = False
+            if self._adaptation_refused:
+                extra['adaptation_refused'] = self._adaptation_refused
         return {**snapshot, **extra}
 
     def _publish_diagnostics(self):
@@ -539,8 +590,7 @@ def main(args=None):
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
-    # Two threads: image callbacks and the timer in one, the services in the other.
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     executor.add_node(node)
     try:
         executor.spin()

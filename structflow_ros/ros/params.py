@@ -119,9 +119,11 @@ PARAMETERS = (
     ParamSpec('adapt', False, 'Keep training the structure encoder on the live camera (flow '
               'loss, calibration-free) and serve each version the depth-aware gate accepts.',
               read_only=True),
-    ParamSpec('adapt_state_dir', '~/.ros/structflow/adaptation', 'Directory of the accepted '
-              'adaptation state (adapted.pt, written atomically; the only place adaptation '
-              'writes).', read_only=True),
+    ParamSpec('adapt_state_dir', '~/.ros/structflow/adaptation/{node}', 'Directory of the '
+              'accepted adaptation state (adapted.pt, written atomically; the only place '
+              "adaptation writes). '{node}' becomes the node's fully qualified name, so each "
+              'camera (one node per namespace) has its own; one process at a time adapts in a '
+              'directory (a second one serves without adapting and says why).', read_only=True),
     ParamSpec('adapt_resume', True, 'Start from the saved adaptation state when it was adapted '
               'from the same weights; false = start fresh from the weights.', read_only=True),
     ParamSpec('adapt_trainable', 'norm_affine', 'Parameters that adapt (norm_affine: the '
