@@ -33,3 +33,7 @@ def default_weights_path():
 
 def default_params_file():
     return share_dir() / 'config' / 'structflow.yaml'
+
+
+def fastdds_profile_path():
+    return share_dir() / 'config' / 'fastdds.xml'

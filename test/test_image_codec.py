@@ -203,3 +203,50 @@ def test_compressed_bomb_is_refused_from_its_header_without_decoding(monkeypatch
         image_codec.decode_compressed(bomb.tobytes(), 'png', max_pixels=1_000_000)
     with pytest.raises(image_codec.ImageDecodeError, match='neither a JPEG nor a PNG'):
         image_codec.decode_compressed(b'BM' + bytes(100), 'bmp')
+
+
+def test_twelve_bit_mono16_is_served_at_its_brightness_not_almost_black():
+    """Issue 28 defect 5: a 12-bit camera in mono16 (values up to 4095) came out at mean
+    8/255 through the fixed /257 map. With its bit depth, given or estimated, the full 0..255."""
+    rng = np.random.default_rng(0)
+    twelve = rng.integers(0, 4096, (48, 64), dtype=np.uint16)
+    twelve[0, 0] = 4095
+    step, payload = encode_image(twelve, 'mono16')
+    old = decode_image('mono16', 48, 64, step, payload)[..., 0]
+    assert old.mean() < 9  # what /257 does to 12-bit data
+    given = decode_image('mono16', 48, 64, step, payload, bit_depth=12)[..., 0]
+    np.testing.assert_array_equal(given, np.round(twelve * 255.0 / 4095.0).astype(np.uint8))
+    assert 120 < given.mean() < 135 and given.max() == 255
+    estimator = image_codec.BitDepthEstimator()
+    estimated = decode_image('mono16', 48, 64, step, payload, bit_depth=estimator)
+    np.testing.assert_array_equal(estimated[..., 0], given)
+    assert estimator.bits == 12 and estimator.changes == [(12, 4095)]
+    # A darker frame does not lower it (brightness stays comparable between frames); a larger
+    # sample raises it once, and says so.
+    step, dark = encode_image((twelve // 4).astype(np.uint16), 'mono16')
+    decode_image('mono16', 48, 64, step, dark, bit_depth=estimator)
+    assert estimator.bits == 12
+    step, bright = encode_image(np.full((48, 64), 9000, np.uint16), 'mono16')
+    assert decode_image('mono16', 48, 64, step, bright, bit_depth=estimator)[0, 0, 0] == round(
+        9000 * 255 / 16383)
+    assert estimator.changes == [(12, 4095), (14, 9000)]
+    with pytest.raises(image_codec.ImageDecodeError, match='must be 8..16'):
+        decode_image('mono16', 48, 64, step, payload, bit_depth=4)
+
+
+@pytest.mark.parametrize('encoding', ['rgb16', 'bgr16', 'rgba16', 'bgra16'])
+def test_sixteen_bit_colour_decodes_like_its_eight_bit_source(encoding):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    step, payload = encode_image(rgb, encoding)
+    assert step == 7 * image_codec.bytes_per_pixel(encoding)
+    np.testing.assert_array_equal(decode_image(encoding, 5, 7, step, payload), rgb)
+    big = np.frombuffer(payload, '<u2').astype('>u2').tobytes()
+    np.testing.assert_array_equal(decode_image(encoding, 5, 7, step, big, is_bigendian=True),
+                                  rgb)
+    # Ten-bit colour (values up to 1023) with its bit depth.
+    ten = (rgb.astype(np.uint16) * 4 + 3).astype(np.uint16)
+    if encoding == 'rgb16':
+        step, payload = encode_image(ten, 'rgb16')
+        np.testing.assert_array_equal(decode_image('rgb16', 5, 7, step, payload, bit_depth=10),
+                                      np.round(ten * 255.0 / 1023.0).astype(np.uint8))

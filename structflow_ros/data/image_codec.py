@@ -8,9 +8,13 @@ Python loop per pixel; it runs per frame in the node.
 Conventions (REP 118 and the sensor_msgs/image_encodings names):
 - Colour output is always RGB uint8 (H, W, 3), C-contiguous and writable (a fresh array, never a
   view of the message buffer, so callers may modify it in place).
-- mono16 is mapped to 8 bit over its full range, value / 257 rounded (0 -> 0, 65535 -> 255).
-  A fixed map keeps brightness comparable between frames, which the photometric flow loss needs;
-  a per-frame min/max stretch would make static scenes flicker.
+- 16-bit encodings (mono16, rgb16, bgr16, rgba16, bgra16) are mapped to 8 bit by a fixed map of
+  the sensor's bit depth, value * 255 / (2**bits - 1) rounded: for 16 bits value / 257 (0 -> 0,
+  65535 -> 255). Many cameras put 10-, 12- or 14-bit samples in 16-bit words; /257 would serve a
+  12-bit camera almost black (mean 8/255, issue 28), so the bit depth is given, or estimated by
+  a `BitDepthEstimator` from the largest sample seen (never lowered). A fixed map keeps
+  brightness comparable between frames, which the photometric flow loss needs; a per-frame
+  min/max stretch would make static scenes flicker.
 - Depth: 32FC1 is metres, 16UC1 is millimetres. `decode_depth` returns float32 metres with NaN
   where the sensor had no reading (16UC1 zero), as depth_image_proc does.
 - Encoders always write little-endian data (`is_bigendian = 0`).
@@ -33,7 +37,14 @@ _COLOUR_LAYOUT = {
     'bgra8': (4, np.uint8),
     'mono8': (1, np.uint8),
     'mono16': (1, np.uint16),
+    'rgb16': (3, np.uint16),
+    'bgr16': (3, np.uint16),
+    'rgba16': (4, np.uint16),
+    'bgra16': (4, np.uint16),
 }
+SIXTEEN_BIT_ENCODINGS = ('mono16', 'rgb16', 'bgr16', 'rgba16', 'bgra16')
+# Bit depths cameras put in 16-bit words (what an estimate rounds up to).
+SENSOR_BIT_DEPTHS = (8, 10, 12, 14, 16)
 # Depth encodings `decode_depth` turns into float32 metres.
 _DEPTH_LAYOUT = {
     '32FC1': (1, np.float32),
@@ -55,6 +66,26 @@ _HARMLESS_JPEG_WARNINGS = ('extraneous bytes before marker',)
 JPEG_DAMAGE_DETECTED = simplejpeg is not None
 
 BufferLike = Union[bytes, bytearray, memoryview, np.ndarray]
+
+
+class BitDepthEstimator:
+    """The bit depth of a camera's 16-bit samples, from the largest value seen so far: the
+    smallest of SENSOR_BIT_DEPTHS that holds it. It only ever rises, so a dark first frame
+    costs at most one later change of brightness scale; `changes` lists each (bits, max)."""
+
+    def __init__(self):
+        self.bits = 0
+        self.largest = 0
+        self.changes = []
+
+    def observe(self, largest):
+        if largest > self.largest:
+            self.largest = int(largest)
+            bits = next(b for b in SENSOR_BIT_DEPTHS if self.largest <= (1 << b) - 1)
+            if bits > self.bits:
+                self.bits = bits
+                self.changes.append((bits, self.largest))
+        return self.bits or SENSOR_BIT_DEPTHS[0]
 
 
 class ImageDecodeError(ValueError):
@@ -110,11 +141,14 @@ def _pixel_view(layout, encoding, height, width, step, data, is_bigendian, max_p
 
 def decode_image(encoding: str, height: int, width: int, step: int, data: BufferLike,
                  is_bigendian: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 bit_depth: Union[int, BitDepthEstimator] = 16) -> np.ndarray:
     """Decode a raw sensor_msgs/Image payload into RGB uint8 (H, W, 3).
 
-    Handles row padding (step > width * bytes_per_pixel) and big-endian mono16. Depth encodings
-    (32FC1, 16UC1) are refused: they are measurements, not pictures; use `decode_depth`.
+    Handles row padding (step > width * bytes_per_pixel) and big-endian 16-bit data. Depth
+    encodings (32FC1, 16UC1) are refused: they are measurements, not pictures; use
+    `decode_depth`. `bit_depth` (16-bit encodings only): the sensor's bits per sample, or a
+    BitDepthEstimator that follows the stream.
     """
     layout = _COLOUR_LAYOUT.get(encoding)
     if layout is None:
@@ -138,12 +172,25 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: Buffer
         return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
     if encoding == 'bgra8':
         return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-    grey = pixels[..., 0]
-    if encoding == 'mono16':
+    if encoding in SIXTEEN_BIT_ENCODINGS:
         if is_bigendian:
-            grey = grey.astype(np.uint16)  # to native byte order
-        # Full-range map round(value / 257); no value is a tie, so cvRound's rounding is exact.
-        grey = cv2.convertScaleAbs(grey, alpha=1.0 / 257.0)
+            pixels = pixels.astype(np.uint16)  # to native byte order
+        if isinstance(bit_depth, BitDepthEstimator):
+            bits = bit_depth.observe(int(pixels.max()))
+        else:
+            bits = int(bit_depth)
+            if not SENSOR_BIT_DEPTHS[0] <= bits <= 16:
+                raise ImageDecodeError(f'bit depth {bits} of a 16-bit encoding must be 8..16')
+        # round(value * 255 / (2**bits - 1)), saturating: for 16 bits exactly value / 257 (no
+        # value is a tie, so cvRound's rounding is exact).
+        scaled = cv2.convertScaleAbs(pixels, alpha=255.0 / ((1 << bits) - 1))
+        conversion = {'rgb16': None, 'bgr16': cv2.COLOR_BGR2RGB, 'rgba16': cv2.COLOR_RGBA2RGB,
+                      'bgra16': cv2.COLOR_BGRA2RGB, 'mono16': cv2.COLOR_GRAY2RGB}[encoding]
+        if encoding == 'mono16':
+            scaled = scaled[..., 0] if scaled.ndim == 3 else scaled
+        return np.ascontiguousarray(scaled) if conversion is None else cv2.cvtColor(
+            scaled, conversion)
+    grey = pixels[..., 0]
     return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)  # (H, W, 3)
 
 
@@ -287,7 +334,8 @@ def _decode_jpeg_strict(buffer: np.ndarray, format: str) -> np.ndarray:
             f'{error}') from None
 
 
-def decode_image_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     bit_depth: Union[int, BitDepthEstimator] = 16) -> np.ndarray:
     """Decode an Image or CompressedImage message object (rosbags or rclpy) into RGB uint8.
 
     Duck-typed on the message fields, so this module still imports nothing from ROS.
@@ -295,7 +343,7 @@ def decode_image_msg(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
         return decode_compressed(msg.data, msg.format, max_pixels=max_pixels)
     return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                        bool(msg.is_bigendian), max_pixels=max_pixels)
+                        bool(msg.is_bigendian), max_pixels=max_pixels, bit_depth=bit_depth)
 
 
 def encode_image(image: np.ndarray, encoding: str = 'rgb8') -> tuple:
@@ -311,6 +359,8 @@ def encode_image(image: np.ndarray, encoding: str = 'rgb8') -> tuple:
     image = np.asarray(image)
     if encoding == 'mono16' and image.ndim == 2 and image.dtype == np.uint16:
         pixels = image.astype('<u2', copy=False)
+    elif encoding in ('rgb16', 'bgr16') and image.ndim == 3 and image.dtype == np.uint16:
+        pixels = image if encoding == 'rgb16' else image[..., ::-1]
     elif encoding == 'mono8' and image.ndim == 2 and image.dtype == np.uint8:
         pixels = image
     else:
@@ -326,6 +376,13 @@ def encode_image(image: np.ndarray, encoding: str = 'rgb8') -> tuple:
             colour = image if encoding == 'rgba8' else image[..., ::-1]
             alpha = np.full(image.shape[:2] + (1,), 255, np.uint8)
             pixels = np.concatenate([colour, alpha], axis=2)  # (H, W, 4)
+        elif encoding in ('rgb16', 'bgr16', 'rgba16', 'bgra16'):
+            colour = (image if encoding.startswith('rgb') else image[..., ::-1]).astype(
+                '<u2') * np.uint16(257)
+            if encoding.endswith('a16'):
+                alpha = np.full(image.shape[:2] + (1,), 65535, '<u2')
+                colour = np.concatenate([colour, alpha], axis=2)
+            pixels = colour
         else:
             grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
             pixels = grey if encoding == 'mono8' else grey.astype('<u2') * np.uint16(257)

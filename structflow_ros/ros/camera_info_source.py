@@ -27,15 +27,20 @@ class CameraInfoSource:
         self._latest = None
         self._cache = None
         if use_message_filters and message_filters is not None:
-            self._subscriber = message_filters.Subscriber(node, CameraInfo, topic,
-                                                          qos_profile=qos)
-            self._cache = message_filters.Cache(self._subscriber, CACHE_SIZE)
-            self._cache.registerCallback(self._remember)
-            self.subscription = self._subscriber.sub
+            # Fed by our own callback, not message_filters.Subscriber: the Cache turns each stamp
+            # into an rclpy Time, which raises on a negative stamp (int32 allows it), and an
+            # exception in a subscription callback ends the executor, i.e. the node.
+            self._feed = message_filters.SimpleFilter()
+            self._cache = message_filters.Cache(self._feed, CACHE_SIZE)
             self.pairing = 'message_filters cache (info stamped at or before the image)'
         else:
-            self.subscription = node.create_subscription(CameraInfo, topic, self._remember, qos)
             self.pairing = 'latest camera_info (message_filters not installed)'
+        self.subscription = node.create_subscription(CameraInfo, topic, self._on_info, qos)
+
+    def _on_info(self, msg):
+        if self._cache is not None and _valid_stamp(msg.header.stamp):
+            self._feed.signalMessage(msg)
+        self._remember(msg)
 
     def _remember(self, msg):
         self._latest = msg  # one reference: replaced atomically
@@ -46,7 +51,12 @@ class CameraInfoSource:
 
     def for_stamp(self, stamp):
         """The CameraInfo for an image with header stamp `stamp` (builtin_interfaces/Time)."""
-        if self._cache is None or self._latest is None:
+        if self._cache is None or self._latest is None or not _valid_stamp(stamp):
             return self._latest
         before = self._cache.getElemBeforeTime(Time.from_msg(stamp))
         return before if before is not None else self._latest
+
+
+def _valid_stamp(stamp):
+    """A stamp rclpy's Time accepts (seconds >= 0)."""
+    return stamp.sec >= 0

@@ -33,10 +33,11 @@ class BadImageError(ImageDecodeError):
 # ----------------------------------------------------------------------------------------------
 # Input
 # ----------------------------------------------------------------------------------------------
-def image_msg_to_rgb(msg, max_pixels):
+def image_msg_to_rgb(msg, max_pixels, bit_depth=16):
     """sensor_msgs/Image or CompressedImage -> RGB uint8 (H, W, 3), or BadImageError with a kind.
 
     Kinds: empty, zero_size, too_large, unsupported_encoding, size_mismatch, corrupt.
+    `bit_depth`: bits per sample of 16-bit encodings, or a BitDepthEstimator (image_codec).
     """
     data = msg.data
     if isinstance(msg, Image) or hasattr(msg, 'encoding'):
@@ -55,7 +56,8 @@ def image_msg_to_rgb(msg, max_pixels):
                                 f'{encoding!r}; supported: {", ".join(SUPPORTED_ENCODINGS)}')
         try:
             return decode_image(encoding, height, width, int(msg.step), data,
-                                bool(msg.is_bigendian), max_pixels=max_pixels)
+                                bool(msg.is_bigendian), max_pixels=max_pixels,
+                                bit_depth=bit_depth)
         except ImageDecodeError as error:  # what is left: step / data size inconsistencies
             raise BadImageError('size_mismatch', str(error)) from None
     if len(data) == 0:

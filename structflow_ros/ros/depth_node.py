@@ -26,6 +26,7 @@ import time
 import rclpy
 import torch
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
@@ -51,6 +52,7 @@ from structflow_ros.online.server import (DepthServer, NotServableError,
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
 from structflow_ros.ros.camera_info_source import CameraInfoSource
+from structflow_ros.ros.dds_profile import use_node_profile
 from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array
 from structflow_ros.ros.frame_slot import LatestFrameSlot
 from structflow_ros.ros.params import PARAMETERS, validate
@@ -94,6 +96,7 @@ class DepthNode(Node):
         self._rays_missing = ''  # why this frame has no rays (camera_height needs them)
         self._scaler = DepthScaler()
         self._rays = conversions.RayCache()
+        self._bit_depth = image_codec.BitDepthEstimator()  # input_bit_depth 0 (auto)
         self._thread = None
         self._declaring = False
         self._slow_calls = SlowCalls(log=self._log)
@@ -192,8 +195,11 @@ class DepthNode(Node):
                                 qos_profile=service_qos, callback_group=self._service_group),
             self.create_service(Trigger, '~/adaptation/save', self._on_adapt_save,
                                 qos_profile=service_qos, callback_group=self._service_group)]
+        # On the steady clock: with use_sim_time and no /clock (a bag not playing yet), ROS
+        # time stands at 0 and a ROS-time timer would never fire, hiding the node's health.
         self._diag_timer = self.create_timer(self._param('diagnostics_period'),
-                                             self._publish_diagnostics)
+                                             self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
 
         self._thread = threading.Thread(target=self._inference_loop, name=INFERENCE_THREAD_NAME,
                                         daemon=True)
@@ -267,7 +273,8 @@ class DepthNode(Node):
         names = ('output_height', 'output_width', 'depth_mode', 'depth_scale', 'camera_height',
                  'colormap', 'colormap_range', 'colormap_min', 'colormap_max',
                  'colormap_percentile_low', 'colormap_percentile_high', 'publish_points',
-                 'points_decimation', 'max_image_pixels')
+                 'points_decimation', 'max_image_pixels', 'max_output_pixels',
+                 'input_bit_depth')
         return {name: self._param(name) for name in names}
 
     # ------------------------------------------------------------------------------------------
@@ -388,18 +395,24 @@ class DepthNode(Node):
     def _process(self, msg, received):
         started = time.monotonic()
         settings = self._live_settings()
+        bit_depth = settings['input_bit_depth'] or self._bit_depth
+        changes = len(self._bit_depth.changes)
         try:
-            rgb = conversions.image_msg_to_rgb(msg, settings['max_image_pixels'])
+            rgb = conversions.image_msg_to_rgb(msg, settings['max_image_pixels'], bit_depth)
         except conversions.BadImageError as error:
             self.stats.record_bad_input(error.kind, str(error))
             self._warn_throttled(f'bad_input:{error.kind}',
                                  f'dropped a bad frame on {self._image_sub.topic_name}: {error}')
             return
+        if len(self._bit_depth.changes) > changes:
+            bits, largest = self._bit_depth.changes[-1]
+            self.get_logger().info(
+                f'{msg.encoding} input: largest sample so far {largest}, so {bits}-bit data '
+                f'(mapped to 8 bit by 255/{(1 << bits) - 1}); set input_bit_depth to fix it')
         height, width = rgb.shape[:2]
         if self.adapter is not None:
             self.adapter.observe_camera(self._camera_identity(msg.header, width, height))
-        out_height = settings['output_height'] or height
-        out_width = settings['output_width'] or width
+        out_height, out_width = self._output_size(height, width, settings)
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         result = self.pipeline.process(rgb, stamp_ns, (out_height, out_width))
         model_depth = result.depth
@@ -435,6 +448,22 @@ class DepthNode(Node):
         done = time.monotonic()
         self.stats.record_output(result.version, result.model_s,
                                  started - received, done - started, done)
+
+    def _output_size(self, height, width, settings):
+        """The published size: the parameters (0 = the input's), scaled down, aspect kept, to
+        max_output_pixels when a dimension that follows the input makes it larger."""
+        out_height = settings['output_height'] or height
+        out_width = settings['output_width'] or width
+        limit = settings['max_output_pixels']
+        if out_height * out_width > limit:
+            shrink = (limit / (out_height * out_width)) ** 0.5
+            wanted = f'{out_width}x{out_height}'
+            out_height = max(1, int(out_height * shrink))
+            out_width = max(1, int(out_width * shrink))
+            self._warn_throttled('output_size', (
+                f'output {wanted} for a {width}x{height} image is more than max_output_pixels '
+                f'{limit}: publishing {out_width}x{out_height}'), period=30.0)
+        return out_height, out_width
 
     def _camera_identity(self, header, width, height):
         """frame_id, size and (once camera_info came) K: whose adaptation state fits."""
@@ -503,6 +532,7 @@ class DepthNode(Node):
             'device': str(self.device),
             'depth_mode': self._param('depth_mode'),
             'depth_unit': self._scaler.unit,
+            'input_bit_depth': self._param('input_bit_depth') or self._bit_depth.bits,
             'depth_scale_in_use': self._scaler.last_scale if self._scaler.last_scale else 0.0,
             'camera_info_received': self._camera_info.received,
             'camera_info_pairing': self._camera_info.pairing,
@@ -579,10 +609,12 @@ def _ignore_further_interrupts():
 
 def main(args=None):
     """Entry point of `ros2 run structflow depth_node`; returns the process exit code."""
+    dds_note = use_node_profile()  # before rclpy.init: the DDS context reads it once
     rclpy.init(args=args)
     logger = get_logger('depth_node')
     try:
         node = DepthNode()
+        node.get_logger().info(dds_note)
     except StartupError as error:
         logger.fatal(str(error))
         rclpy.try_shutdown()

@@ -113,6 +113,16 @@ PARAMETERS = (
               'on image instead of sensor_msgs/Image.', read_only=True),
     ParamSpec('max_image_pixels', 4096 * 4096, 'Frames with more pixels are refused (guards '
               'against corrupt headers).', int_range=(1, 1 << 30)),
+    ParamSpec('input_bit_depth', 0, 'Bits per sample of 16-bit images (mono16, rgb16, bgr16, '
+              'rgba16, bgra16; many cameras send 10-, 12- or 14-bit data in 16-bit words): '
+              'mapped to 8 bit as value * 255 / (2**bits - 1). 0 = auto: from the largest '
+              'sample seen (8, 10, 12, 14 or 16; it only rises, each change is logged).',
+              int_range=(0, 16)),
+    ParamSpec('max_output_pixels', 4096 * 4096, 'Largest published depth in pixels (the '
+              'depth image, depth/colored and depth/points all grow with it): an '
+              'output_height x output_width above it is refused when set, and an output that '
+              'follows a larger input is scaled down to fit, with a warning.',
+              int_range=(1, 1 << 30)),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.',
               read_only=True, float_range=(0.05, 60.0)),
     # On-robot adaptation (structflow_ros/online/adapter.py, docs/adaptation.md).
@@ -174,6 +184,8 @@ def validate(name, value, values):
         return check_device_name(value)
     if name == 'adapt_state_dir' and not str(value).strip():
         return 'adapt_state_dir is empty: give a directory for the adaptation state'
+    if name == 'input_bit_depth' and 0 < value < 8:
+        return f'input_bit_depth {value}: use 0 (auto) or 8..16'
     if name in ('input_height', 'input_width') and 0 < value < SIZE_MULTIPLE:
         return f'{name} {value} is too small: use 0 (model size) or >= {SIZE_MULTIPLE}'
     if name == 'weights' and value:
@@ -181,6 +193,14 @@ def validate(name, value, values):
         if not path.is_file():
             return (f"weights file '{value}' does not exist or is not a file "
                     "(give a checkpoint path, or '' for the shipped default model)")
+    if name in ('output_height', 'output_width', 'max_output_pixels'):
+        merged = {**values, name: value}
+        height, width = merged.get('output_height', 0), merged.get('output_width', 0)
+        limit = merged.get('max_output_pixels', PARAMETERS_BY_NAME['max_output_pixels'].default)
+        if height and width and height * width > limit:
+            return (f'output {width}x{height} is {width * height} pixels, more than '
+                    f'max_output_pixels {limit}: the depth image, its colormap and its point '
+                    'cloud each take memory in proportion (raise max_output_pixels to allow it)')
     pairs = {'colormap_min': ('colormap_min', 'colormap_max'),
              'colormap_max': ('colormap_min', 'colormap_max'),
              'colormap_percentile_low': ('colormap_percentile_low', 'colormap_percentile_high'),
