@@ -11,8 +11,9 @@ Threads: the executor (a MultiThreadedExecutor: the image callbacks and the diag
 the default callback group, the services in their own reentrant group so a reload or a save never
 delays a frame; the slow calls run on their own worker, one per kind, a second request answered
 'busy' at once: structflow_ros/online/service_calls.py), one inference thread, the depth
-server's converter thread and, with `adapt:=true`, the adaptation thread (structflow_ros/online/adapter.py). The image callback only drops the frame
-into a single-slot, drop-oldest buffer; the inference thread decodes, runs the model and
+server's converter thread and, with `adapt:=true`, the adaptation thread
+(structflow_ros/online/adapter.py). The image callback only drops the frame into a single-slot,
+drop-oldest buffer; the inference thread decodes, runs the model and
 publishes. New weights (from ~/reload_weights now, from on-robot adaptation later) are published
 as a new version into a VersionedWeightStore; the converter thread builds them for the serving
 backend aside and the inference thread swaps the reference between two frames
