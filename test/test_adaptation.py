@@ -552,6 +552,7 @@ def test_adaptation_writes_only_inside_its_state_directory(tmp_path, tiny_drive)
     assert adapter.save()[0]
     adapter.reset()
     adapter.cycle()
+    adapter.stop()
     resumed, _ = make_adapter(tmp_path, tiny_drive)
     assert resumed.save()[0]
     state_dir = tmp_path / 'state'
@@ -575,6 +576,43 @@ def test_a_failing_disk_keeps_the_old_state_and_says_so(tmp_path, tiny_drive, mo
     assert adapter.state_dir.path.read_bytes() == before
     assert adapter.counts['save_failures'] == 1
     assert not [p for p in adapter.state_dir.directory.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_a_really_full_disk_keeps_the_old_state_and_says_so(tmp_path, tiny_drive):
+    """The same on a real small filesystem (a tmpfs mounted here, when this machine lets us
+    mount: root with CAP_SYS_ADMIN): the first save fits, the second cannot (its temp file
+    beside the old state needs twice the room), the kernel says ENOSPC."""
+    mount_point = tmp_path / 'small_fs'
+    mount_point.mkdir()
+    adapter, _ = make_adapter(tmp_path, tiny_drive)
+    ok, _ = adapter.save()
+    size = adapter.state_dir.path.stat().st_size
+    adapter.stop()
+    room = (size * 3 // 2) // 4096 * 4096 + 4096  # one state fits, two do not
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={room}', 'tmpfs',
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        why = mounted.stderr.strip() or 'mount failed'
+        pytest.skip(f'cannot mount a small tmpfs here ({why}); '
+                    'test_a_failing_disk_keeps_the_old_state_and_says_so injects the same fault')
+    try:
+        model = tiny_model()
+        store = VersionedWeightStore()
+        store.publish(model.state_dict(), {'model_config': model.config})
+        adapter = OnlineAdapter(model.state_dict(), model.config, store, PairBuffer(
+            PairBufferConfig(**TINY)), AdapterConfig(threads=0), state_dir=mount_point / 's')
+        ok, message = adapter.save()
+        assert ok, message
+        before = adapter.state_dir.path.read_bytes()
+        ok, message = adapter.save()
+        assert not ok and 'No space left on device' in message, message
+        assert 'previous saved state is unchanged' in message
+        assert adapter.state_dir.path.read_bytes() == before
+        assert read_checkpoint(adapter.state_dir.path)['version'] == 1
+        assert not [p for p in adapter.state_dir.directory.iterdir() if p.name.endswith('.tmp')]
+        adapter.stop()
+    finally:
+        subprocess.run(['umount', str(mount_point)], capture_output=True)
 
 
 def test_weights_fingerprint_follows_the_values():

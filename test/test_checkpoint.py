@@ -1,11 +1,15 @@
 """Checkpoints: bit-exact round trip, strict loading, safe loading, atomic writes."""
 import os
 import pickle
+import resource
+import struct
+import zipfile
 
 import pytest
 import torch
 
 from structflow_ros.core import CheckpointError, ModelConfig, build_model, load_model
+from structflow_ros.core import checkpoint
 from structflow_ros.core.checkpoint import (atomic_torch_save, load_state_strict,
                                             read_checkpoint, save_checkpoint)
 
@@ -132,3 +136,63 @@ def test_crafted_plain_value_files_are_refused_naming_the_field(model, tmp_path,
     torch.save(_crafted(good, edit), crafted)
     with pytest.raises(CheckpointError, match=field):
         read_checkpoint(crafted)
+
+
+def _rezip(source, target, compress=zipfile.ZIP_STORED, edit=None, inflate=None):
+    """Copy a torch zip entry by entry, compressed or not, optionally with one entry's bytes
+    edited, or with the entry named by `inflate` (a suffix) replaced by 1 GiB of zeros written
+    in chunks (never held in memory)."""
+    with zipfile.ZipFile(source) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    if edit is not None:
+        entries = edit(entries)
+    with zipfile.ZipFile(target, 'w', compress) as archive:
+        for name, data in entries.items():
+            if inflate is not None and name.endswith(inflate):
+                with archive.open(name, 'w', force_zip64=True) as handle:
+                    chunk = bytes(1 << 20)
+                    for _ in range(1024):
+                        handle.write(chunk)
+            else:
+                archive.writestr(name, data)
+    return target
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _declaring(elements):
+    """An edit of torch.save({'w': torch.zeros(4)})'s pickle: its storage declares `elements`."""
+    def edit(entries):
+        name = next(name for name in entries if name.endswith('data.pkl'))
+        small = b"X\x03\x00\x00\x00cpuq\x06K\x04"
+        assert small in entries[name]
+        entries[name] = entries[name].replace(
+            small, b"X\x03\x00\x00\x00cpuq\x06J" + struct.pack('<i', elements))
+        return entries
+    return edit
+
+
+def test_zip_bomb_and_huge_declared_tensors_are_refused_before_memory_is_spent(model,
+                                                                             tmp_path):
+    """Issue 28: memory is bounded before a checkpoint is read. A deflated 1 GiB tensor of
+    zeros is 1 MB on disk (torch.load would allocate and inflate all of it); a stored tensor
+    that declares 2**31 elements holds 16 bytes."""
+    path = save_checkpoint(tmp_path / 'good.pt', model)
+    torch.save({'w': torch.zeros(4)}, tmp_path / 'small.pt')
+    before = _peak_rss_mb()
+    bombed = _rezip(tmp_path / 'small.pt', tmp_path / 'bomb.pt', zipfile.ZIP_DEFLATED,
+                    edit=_declaring(1 << 28), inflate='/data/0')
+    assert bombed.stat().st_size < 16 << 20
+    with pytest.raises(CheckpointError, match='compressed.*zip bomb'):
+        read_checkpoint(bombed)
+    huge = _rezip(tmp_path / 'small.pt', tmp_path / 'huge.pt', edit=_declaring(2**31 - 1))
+    with pytest.raises(CheckpointError, match='corrupt or truncated.*does not match expected'):
+        read_checkpoint(huge)
+    assert _peak_rss_mb() - before < 512  # neither 1 GiB nor 8 GiB was ever allocated
+
+    # The size budget, from the zip directory alone.
+    with pytest.raises(CheckpointError, match='unpacks to .* more than'):
+        checkpoint._check_unpacked_size(path, limit=1024)
+    read_checkpoint(path)  # the normal file is within every bound

@@ -6,6 +6,7 @@ or unexpected key is an error). Writes are atomic: temp file in the same folder,
 so a crash or a full disk leaves the previous file intact.
 """
 import datetime
+import errno
 import os
 import pickle
 import tempfile
@@ -20,6 +21,9 @@ from structflow_ros.core.networks import build_model
 FORMAT = 'structflow-checkpoint'
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ('format', 'format_version', 'model_config', 'state_dict', 'step', 'version')
+# What a checkpoint may unpack to, checked from the zip directory before anything is read. The
+# shipped model is under 32 MB and a training checkpoint with its optimiser a few hundred.
+MAX_CHECKPOINT_BYTES = 4 << 30
 
 
 class CheckpointError(ValueError):
@@ -35,10 +39,18 @@ def atomic_torch_save(obj, path):
     fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp',
                                     dir=path.parent)
     try:
-        with os.fdopen(fd, 'wb') as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, 'wb') as handle:
+                torch.save(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except RuntimeError as error:
+            # A full disk surfaces from torch's zip writer as a RuntimeError ("unexpected pos")
+            # raised while handling the OSError of the write: callers expect that OSError.
+            cause = error.__cause__ or error.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise OSError(errno.EIO, f'could not write {path}: {error}') from None
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -137,6 +149,31 @@ def _check_schema(payload, path):
                 f'{str(name)[:60]!r} is a {type(tensor).__name__}')
 
 
+def _check_unpacked_size(path, limit=None):
+    """Memory bounded before reading: every entry stored (torch.save never compresses, so a
+    deflated one can only be a zip bomb: megabytes on disk, gigabytes once read) and the
+    entries' total within MAX_CHECKPOINT_BYTES. (A tensor that declares more elements than its
+    record holds is refused by torch itself before it allocates.)"""
+    limit = MAX_CHECKPOINT_BYTES if limit is None else limit
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f'checkpoint {path} has a corrupt zip directory: {error}') from None
+    compressed = [entry.filename for entry in entries
+                  if entry.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CheckpointError(
+            f'refused to load {path}: entries {compressed[:3]} are compressed; torch.save '
+            'writes them stored, and a compressed entry can unpack to far more memory than '
+            'the file takes on disk (a zip bomb)')
+    total = sum(entry.file_size for entry in entries)
+    if total > limit:
+        raise CheckpointError(
+            f'refused to load {path}: it unpacks to {total / 2**30:.1f} GiB, more than the '
+            f'{limit / 2**30:.1f} GiB a structflow checkpoint may take')
+
+
 def read_checkpoint(path, map_location='cpu'):
     """Load and validate a checkpoint dict; every failure says which file and why."""
     path = Path(path)
@@ -150,6 +187,7 @@ def read_checkpoint(path, map_location='cpu'):
         raise CheckpointError(
             f'checkpoint {path} is truncated or not a torch file (no zip central directory); '
             'expected a file written by structflow (torch.save format)')
+    _check_unpacked_size(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
