@@ -21,7 +21,7 @@ from structflow_ros.core.checkpoint import read_checkpoint
 from structflow_ros.data.synthetic.render import render_sequence
 from structflow_ros.ros.image_publisher import make_image_msg
 
-from dds_helpers import FRAME_ID, node_diagnostics, wait_until
+from dds_helpers import node_diagnostics, wait_until
 from test_adaptation_node import call, tiny_flow_checkpoint
 from test_depth_node import START_TIMEOUT_S, NodeProcess, dds, write_params  # noqa: F401
 
@@ -135,6 +135,7 @@ def test_kills_during_save_and_reload_leave_a_readable_state_and_a_clean_restart
         camera.wait_serving()
         values = camera.diagnostics()
         assert values.get('adaptation_refused', '') == '', values['adaptation_refused']
+
         def resumed():
             camera.publish(1)
             return 'resumed adapted version' in camera.diagnostics().get('adaptation_resumed', '')
