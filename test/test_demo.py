@@ -24,6 +24,9 @@ from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.data.bag_io import BagWriter
 from structflow_ros.data.synthetic.render import render_sequence
+from structflow_ros.demo.inputs import load_frames, open_input
+from structflow_ros.demo.report import DISPLAY_MIN_HEIGHT
+from structflow_ros.visual import LABEL_HEIGHT
 
 RUN_TIMEOUT_S = 180  # node start (torch + rclpy imports) on 2 busy cores, then a few seconds
 
@@ -112,10 +115,10 @@ def test_synthetic_drive_report_adds_up(ros_env, tmp_path, tiny_weights):
     assert len(metrics['per_frame']) == received
 
     video = read_video(out / 'demo.mp4')
-    scale = -(-demo.DISPLAY_MIN_HEIGHT // height)  # panels scaled up for display
+    scale = -(-DISPLAY_MIN_HEIGHT // height)  # panels scaled up for display
     assert len(video) == received
-    assert video[0].shape == (height * scale + demo.LABEL_HEIGHT, 3 * width * scale, 3)
-    assert video[0][demo.LABEL_HEIGHT:].std() > 5  # pictures, not a blank frame
+    assert video[0].shape == (height * scale + LABEL_HEIGHT, 3 * width * scale, 3)
+    assert video[0][LABEL_HEIGHT:].std() > 5  # pictures, not a blank frame
     sheet = cv2.imread(str(out / 'sheet.png'))
     assert sheet is not None and sheet.shape[1] == 3 * width * scale
 
@@ -235,8 +238,8 @@ def test_ground_truth_comes_with_render_bags_and_folders(tmp_path):
             writer.write_camera_info('/camera/camera_info', frame.stamp_ns, frame.K, 64, 32)
             writer.write_image('/camera/depth_gt', frame.stamp_ns,
                                np.where(frame.depth_valid, frame.depth, np.nan), '32FC1')
-    source = demo.open_input(demo.get_args_parser().parse_args(['--source', str(bag)]))
-    frames = demo.load_frames(source, max_width=640, progress=False)
+    source = open_input(demo.get_args_parser().parse_args(['--source', str(bag)]))
+    frames = load_frames(source, max_width=640, progress=False)
     assert len(frames) == 3 and source.description['ground_truth']
     for got, want in zip(frames, rendered):
         np.testing.assert_array_equal(got.rgb, want.rgb)
@@ -244,7 +247,7 @@ def test_ground_truth_comes_with_render_bags_and_folders(tmp_path):
         np.testing.assert_allclose(got.gt[want.depth_valid], want.depth[want.depth_valid])
         np.testing.assert_allclose(got.K, want.K)
     # Frames wider than --max-width are scaled down with their ground truth and intrinsics.
-    source = demo.open_input(demo.get_args_parser().parse_args(['--source', str(bag)]))
-    small = demo.load_frames(source, max_width=32, progress=False)[0]
+    source = open_input(demo.get_args_parser().parse_args(['--source', str(bag)]))
+    small = load_frames(source, max_width=32, progress=False)[0]
     assert small.rgb.shape == (16, 32, 3) and small.gt.shape == (16, 32)
     assert small.K[0, 0] == pytest.approx(rendered[0].K[0, 0] / 2)

@@ -29,6 +29,7 @@ from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.inference import DepthPredictor
 from structflow_ros.core.networks import build_model
 from structflow_ros.data.image_codec import SUPPORTED_ENCODINGS, bytes_per_pixel, encode_image
+from structflow_ros.online import camera as camera_math
 from structflow_ros.ros import conversions
 
 MAX_PIXELS = 64 * 64
@@ -267,9 +268,9 @@ def camera_infos(draw):
 def test_any_camera_info_publishes_only_finite_numbers_or_is_refused(info, image_size,
                                                                       out_size, decimation):
     (height, width), (out_height, out_width) = image_size, out_size
-    rays = conversions.RayCache()
-    camera = conversions.depth_camera(info, width, height, out_width, out_height, Header(),
-                                      rays, need_rays=True)
+    rays = camera_math.RayCache()
+    camera = camera_math.depth_camera(info, width, height, out_width, out_height, rays,
+                                      need_rays=True)
     if camera.problem:
         assert camera.info is None and camera.rays is None and camera.rays_missing
         return
@@ -307,16 +308,16 @@ def test_the_pinhole_rays_are_right_for_a_plain_camera():
     fx = 1.7e308 overflows when scaled, fx = 1e-300 makes float32 rays infinite."""
     info = CameraInfo(width=20, height=10, k=[100.0, 0, 10, 0, 100.0, 5, 0, 0, 1],
                       p=[100.0, 0, 10, 0, 0, 100.0, 5, 0, 0, 0, 1, 0])
-    camera = conversions.depth_camera(info, 20, 10, 20, 10, Header(), conversions.RayCache(),
+    camera = camera_math.depth_camera(info, 20, 10, 20, 10, camera_math.RayCache(),
                                       need_rays=True)
     assert camera.problem == '' and camera.mismatch == ''
     np.testing.assert_allclose(camera.rays[5, 15], [0.05, 0.0, 1.0], atol=1e-6)
     huge = CameraInfo(width=20, height=10, k=[1.7e308, 0, 10, 0, 1.7e308, 5, 0, 0, 1])
-    overflow = conversions.depth_camera(huge, 20, 10, 40, 20, Header(), conversions.RayCache(),
+    overflow = camera_math.depth_camera(huge, 20, 10, 40, 20, camera_math.RayCache(),
                                         need_rays=True)
     assert 'overflow' in overflow.problem and overflow.info is None
     tiny = CameraInfo(width=20, height=10, k=[1e-300, 0, 10, 0, 1e-300, 5, 0, 0, 1])
-    no_rays = conversions.depth_camera(tiny, 20, 10, 20, 10, Header(), conversions.RayCache(),
+    no_rays = camera_math.depth_camera(tiny, 20, 10, 20, 10, camera_math.RayCache(),
                                        need_rays=True)
     assert no_rays.rays is None and 'non-finite rays' in no_rays.rays_missing
 

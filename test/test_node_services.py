@@ -18,6 +18,7 @@ from std_srvs.srv import SetBool, Trigger
 from structflow_ros.core.checkpoint import save_checkpoint
 from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.networks import build_model
+from structflow_ros.online import control
 from structflow_ros.ros import depth_node
 
 pytestmark = pytest.mark.ros
@@ -59,7 +60,7 @@ def test_an_exception_in_any_handler_is_a_failed_reply_and_the_node_goes_on(adap
 
     def boom(*args, **kwargs):
         raise PermissionError(13, 'Permission denied', '/mnt/weights/model.pt')
-    monkeypatch.setattr(depth_node, 'read_serving_checkpoint', boom)
+    monkeypatch.setattr(control, 'read_serving_checkpoint', boom)
     reply = trigger(node._on_reload)
     assert not reply.success and 'PermissionError' in reply.message
     assert 'Permission denied' in reply.message

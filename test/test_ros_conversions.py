@@ -23,15 +23,17 @@ from structflow_ros.core.checkpoint import CheckpointError, save_checkpoint
 from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.data.image_codec import encode_compressed, encode_image
+from structflow_ros.online import camera as camera_math
+from structflow_ros.online.frame_slot import LatestFrameSlot
+from structflow_ros.online.pipeline import OutputSettings
+from structflow_ros.online.server import ServedModel, read_serving_checkpoint
+from structflow_ros.online.units import (DepthScaler, GroundFitConfig, ScaleUnavailable,
+                                         fit_ground_plane)
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
 from structflow_ros.ros.diagnostics import RateMeter, ServingStats, make_diagnostic_array
-from structflow_ros.ros.frame_slot import LatestFrameSlot
 from structflow_ros.ros.image_publisher import pinhole_camera_info
 from structflow_ros.ros.params import PARAMETERS, validate
-from structflow_ros.ros.scaling import (DepthScaler, GroundFitConfig, ScaleUnavailable,
-                                        fit_ground_plane)
-from structflow_ros.online.server import ServedModel, read_serving_checkpoint
 
 TINY = dict(height=64, width=96)
 
@@ -171,7 +173,8 @@ def camera_info(width=80, height=60, fx=50.0, fy=52.0, cx=39.0, cy=29.0):
 
 def test_camera_info_rescaled_to_the_depth_size():
     header = Header(frame_id='cam')
-    out, note = conversions.rescale_camera_info(camera_info(), 80, 60, 40, 30, header)
+    camera, note = camera_math.rescale_camera(camera_info(), 80, 60, 40, 30)
+    out = conversions.camera_info_msg(camera, header)
     assert note == '' and (out.width, out.height) == (40, 30) and out.header.frame_id == 'cam'
     k = np.array(out.k).reshape(3, 3)
     # Half size: focal lengths halve, the principal point follows the pixel-centre rule.
@@ -188,7 +191,7 @@ def test_camera_info_with_binning_and_roi():
     info.binning_x = info.binning_y = 2
     info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 20, 10, 80, 60
     # The image is the 80x60 ROI binned 2x: 40x30; the depth is published at 40x30.
-    out, note = conversions.rescale_camera_info(info, 40, 30, 40, 30)
+    out, note = camera_math.rescale_camera(info, 40, 30, 40, 30)
     assert note == ''
     k = np.array(out.k).reshape(3, 3)
     assert k[0, 0] == pytest.approx(50.0) and k[1, 1] == pytest.approx(50.0)
@@ -198,7 +201,7 @@ def test_camera_info_with_binning_and_roi():
 
 
 def test_camera_info_that_does_not_match_the_image_is_scaled_and_reported():
-    out, note = conversions.rescale_camera_info(camera_info(), 160, 120, 160, 120)
+    out, note = camera_math.rescale_camera(camera_info(), 160, 120, 160, 120)
     assert 'differs' in note
     assert np.array(out.k)[0] == pytest.approx(100.0)
 
@@ -206,8 +209,8 @@ def test_camera_info_that_does_not_match_the_image_is_scaled_and_reported():
 def test_rays_undo_the_distortion():
     info = camera_info(width=40, height=30)
     info.d = [-0.2, 0.05, 0.001, -0.002, 0.0]
-    rays = conversions.RayCache().rays(info)
-    assert rays.shape == (30, 40, 3) and conversions.RayCache().note == ''
+    rays = camera_math.RayCache().rays(info)
+    assert rays.shape == (30, 40, 3) and camera_math.RayCache().note == ''
     k = np.array(info.k).reshape(3, 3)
     projected, _ = cv2.projectPoints(rays.reshape(-1, 3).astype(np.float64), np.zeros(3),
                                      np.zeros(3), k, np.array(info.d))
@@ -215,13 +218,13 @@ def test_rays_undo_the_distortion():
     np.testing.assert_allclose(projected.reshape(30, 40, 2), np.stack([u, v], -1), atol=0.05)
     no_intrinsics = camera_info()
     no_intrinsics.k = [0.0] * 9
-    cache = conversions.RayCache()
+    cache = camera_math.RayCache()
     assert cache.rays(no_intrinsics) is None and 'intrinsics' in cache.note
 
 
 def test_pointcloud_fields_decimation_geometry_and_colour():
     info = camera_info(width=10, height=7, fx=8.0, fy=9.0, cx=4.5, cy=3.0)
-    rays = conversions.RayCache().rays(info)
+    rays = camera_math.RayCache().rays(info)
     depth = np.full((7, 10), 2.0, np.float32)
     depth[0, 0] = np.nan
     rgb = np.zeros((14, 20, 3), np.uint8)  # input image at twice the depth size
@@ -259,7 +262,7 @@ def ground_scene(height=60, width=80, camera_height=2.5, focal=50.0, noise=0.0, 
     depth *= 1 + noise * rng.standard_normal(depth.shape)
     depth[-3:, :10] = 0.7  # a box on the floor: outliers for the fit
     info = camera_info(width, height, focal, focal, cx, cy)
-    return depth.astype(np.float32), conversions.RayCache().rays(info)
+    return depth.astype(np.float32), camera_math.RayCache().rays(info)
 
 
 def test_relative_mode_makes_the_median_one():
@@ -518,8 +521,8 @@ def test_destroy_node_leaves_no_thread(ros_env, tiny_weights):
 
 def test_ros_free_modules_do_not_import_rclpy(ros_env):
     code = ('import sys; import structflow_ros.online, structflow_ros.online.server, '
-            'structflow_ros.online.pair_buffer, structflow_ros.ros.scaling, '
-            'structflow_ros.ros.frame_slot, structflow_ros.core.backends, '
+            'structflow_ros.online.pair_buffer, structflow_ros.online.units, '
+            'structflow_ros.online.frame_slot, structflow_ros.core.backends, '
             'structflow_ros.training.trainer, structflow_ros.training.evaluation, '
             'structflow_ros.training.datasets; '
             "bad = [m for m in sys.modules if m.startswith(('rclpy', 'sensor_msgs'))]; "
@@ -588,7 +591,7 @@ def test_pointcloud_is_the_same_message_with_and_without_sensor_msgs_py():
     depth = rng.uniform(0.5, 20.0, (12, 16)).astype(np.float32)
     depth[2, 2] = np.nan  # a decimated pixel: point (1, 1)
     info = pinhole_camera_info(12, 16, 'cam')
-    rays = conversions.RayCache().rays(info)
+    rays = camera_math.RayCache().rays(info)
     rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
     header = Header(frame_id='cam')
     header.stamp.sec = 7
@@ -701,12 +704,12 @@ def _bad_infos():
 
 def test_bad_camera_info_is_named_and_a_good_one_passes():
     """Issue 12, defects 2 and 4."""
-    assert conversions.camera_info_problem(pinhole_camera_info(48, 64, 'cam')) is None
+    assert camera_math.camera_info_problem(pinhole_camera_info(48, 64, 'cam')) is None
     uncalibrated = pinhole_camera_info(48, 64, 'cam')
     uncalibrated.k = [0.0] * 9
-    assert conversions.camera_info_problem(uncalibrated) is None  # depth still serves
+    assert camera_math.camera_info_problem(uncalibrated) is None  # depth still serves
     for name, info in _bad_infos().items():
-        problem = conversions.camera_info_problem(info)
+        problem = camera_math.camera_info_problem(info)
         assert problem and 'camera_info' in problem, name
 
 
@@ -723,12 +726,12 @@ def test_a_bad_camera_info_costs_only_the_outputs_that_need_it(in_process_node):
         before = node.stats.snapshot()['frames_out']
         node._process(image, time.monotonic())
         assert node.stats.snapshot()['frames_out'] == before + 1, name
-        header = Header()
-        depth_info, rays = node._depth_camera(header, 64, 48, 64, 48, node._live_settings())
-        assert depth_info is None and rays is None, name
-    node._camera_info._remember(pinhole_camera_info(48, 64, 'cam'))
-    depth_info, rays = node._depth_camera(Header(), 64, 48, 64, 48, node._live_settings())
-    assert depth_info is not None and np.isfinite(rays).all()
+        result = node.pipeline.process(rgb, 0, info, OutputSettings(48, 64))
+        assert result.camera.info is None and result.camera.rays is None, name
+        assert result.depth is not None, name
+    result = node.pipeline.process(rgb, 0, pinhole_camera_info(48, 64, 'cam'),
+                                   OutputSettings(48, 64))
+    assert result.camera.info is not None and np.isfinite(result.camera.rays).all()
 
 
 class _RecordingLogger:
@@ -753,9 +756,10 @@ def test_camera_info_mismatch_warnings_are_bounded_when_the_size_changes_every_f
     node._camera_info._remember(pinhole_camera_info(48, 64, 'cam'))
     for index in range(40):
         height, width = 40 + index, 60 + 2 * index  # a new size, so a new mismatch text
-        depth_info, _ = node._depth_camera(Header(), width, height, width, height,
-                                           node._live_settings())
-        assert depth_info is not None
+        rgb = random_rgb(height, width)
+        node._process(Image(height=height, width=width, encoding='rgb8', step=width * 3,
+                            data=rgb.tobytes()), time.monotonic())
+    assert node.stats.snapshot()['frames_out'] == 40
     mismatch = [line for line in logger.lines if 'differs from the image' in line]
     assert len(mismatch) == 1, mismatch[:3]
     assert not hasattr(node, '_warned_once')  # no per-text memory left to grow
@@ -763,17 +767,11 @@ def test_camera_info_mismatch_warnings_are_bounded_when_the_size_changes_every_f
 
 def test_camera_height_mode_names_the_real_reason_for_missing_intrinsics(in_process_node):
     """Issue 12 defect 7: K all zeros said 'none received yet' in camera_height mode."""
-    from structflow_ros.ros.scaling import ScaleUnavailable
     node = in_process_node
-    assert node.set_parameters([Parameter('depth_mode', value='camera_height')])[0].successful
-    settings = node._live_settings()
     uncalibrated = pinhole_camera_info(48, 64, 'cam')
     uncalibrated.k = [0.0] * 9
-    node._camera_info._remember(uncalibrated)
-    _, rays = node._depth_camera(Header(), 64, 48, 64, 48, settings)
-    assert rays is None
-    node._scaler.configure('camera_height', 1.0, 1.0)
-    with pytest.raises(ScaleUnavailable) as error:
-        node._scaler.apply(np.ones((48, 64), np.float32), rays, node._rays_missing)
-    assert 'none received' not in str(error.value)
-    assert 'K[0] or K[4] <= 0' in str(error.value)
+    result = node.pipeline.process(random_rgb(48, 64), 0, uncalibrated,
+                                   OutputSettings(depth_mode='camera_height'))
+    assert result.depth is None and result.camera.rays is None
+    assert 'none received' not in result.no_scale
+    assert 'K[0] or K[4] <= 0' in result.no_scale

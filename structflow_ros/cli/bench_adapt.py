@@ -32,8 +32,7 @@ from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter, network_
 from structflow_ros.online.gate import (CRITERIA, DepthProbe, GateConfig, ScoringPairs,
                                         criterion_scores)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
-from structflow_ros.online.pipeline import FramePipeline
-from structflow_ros.online.server import DepthServer
+from structflow_ros.online.stack import StackSettings, build_stack
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.paths import default_weights_path
 
@@ -314,16 +313,13 @@ def adapt_stream(stream, base_state, config, args, adapter_config):
     """One stream through the pipeline with the adapter thread; the row of the table."""
     seconds = args.seconds if stream.name in SYNTHETIC_STREAMS else args.short_seconds
     size = (config.height, config.width)
-    store = VersionedWeightStore()
-    store.publish(base_state, {'model_config': config})
-    buffer = PairBuffer(PairBufferConfig(height=size[0], width=size[1]))
-    server = DepthServer(store, 'cpu', size, backend=args.backend, threads=1)
-    server.start()
+    stack = build_stack(base_state, {'model_config': config}, StackSettings(
+        device='cpu', input_size=size, backend=args.backend, threads=1, adapt=True,
+        adapter_config=adapter_config))
+    adapter, buffer, pipeline = stack.adapter, stack.buffer, stack.pipeline
     K = (None if stream.K is None else
          network_intrinsics(stream.K, stream.frames[0].shape[:2], size))
-    adapter = OnlineAdapter(base_state, config, store, buffer, adapter_config, camera_K=None)
     adapter.prepare()
-    pipeline = FramePipeline(server, buffer)
     evaluation = stream.evaluation() if stream.evaluation else None
     base = full_model(base_state, config)
     before = evaluate(base, evaluation, stream.max_depth) if evaluation else {}
@@ -336,12 +332,11 @@ def adapt_stream(stream, base_state, config, args, adapter_config):
         decisions.append(text)
         original_log(level, text)
     adapter._log = log
-    adapter.start()
+    stack.start()
     try:
         served = serve_stream(pipeline, stream, seconds, args.rate)
     finally:
-        adapter.stop()
-        server.close()
+        stack.close()
     accepted_model = adapter.accepted_model
     after = evaluate(accepted_model, evaluation, stream.max_depth) if evaluation else {}
     source_after = evaluate(accepted_model, source_frames)
@@ -370,15 +365,13 @@ def adapt_stream(stream, base_state, config, args, adapter_config):
 
 def output_rate_off(stream, base_state, config, args):
     size = (config.height, config.width)
-    store = VersionedWeightStore()
-    store.publish(base_state, {'model_config': config})
-    server = DepthServer(store, 'cpu', size, backend=args.backend, threads=1)
-    server.start()
+    stack = build_stack(base_state, {'model_config': config}, StackSettings(
+        device='cpu', input_size=size, backend=args.backend, threads=1))
     try:
-        return serve_stream(FramePipeline(server), stream, min(args.seconds, 30.0),
+        return serve_stream(stack.pipeline, stream, min(args.seconds, 30.0),
                             args.rate)['output_hz']
     finally:
-        server.close()
+        stack.close()
 
 
 def adapt_table(rows, rate_off):

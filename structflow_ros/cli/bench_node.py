@@ -172,9 +172,9 @@ def render_frames(height, width, count=FRAMES_PER_SIZE):
 # ----------------------------------------------------------------------------------------------
 def run_case(case, frames, K, args, weights, threads, domain_id, log_dir):
     from structflow_ros.ros.depth_client import DepthClient, camera_info_for
-    from structflow_ros.ros.node_process import (NodeProcess, node_ros_args, ros_env,
-                                                 write_params_file)
-    from structflow_ros.ros.run_summary import summarize_run
+    from structflow_ros.tools.node_process import (NodeProcess, node_ros_args, ros_env,
+                                                   write_params_file)
+    from structflow_ros.tools.run_summary import summarize_run
     height, width = frames[0].shape[:2]
     name = f"{width}x{height}_{case['rate']:g}hz_points_{'on' if case['points'] else 'off'}"
     namespace = f"/structflow_bench_{case['number']}"
@@ -252,7 +252,7 @@ def main(args):
     import torch
 
     from structflow_ros.paths import default_weights_path
-    from structflow_ros.ros.node_process import NodeStartError, pick_domain_id
+    from structflow_ros.tools.node_process import NodeStartError, pick_domain_id
     try:
         weights = Path(args.weights).expanduser() if args.weights else default_weights_path()
         if not weights.is_file():

@@ -31,12 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-from structflow_ros.demo.inputs import (DemoFrame, DemoInputError, load_frames,  # noqa: F401
-                                        open_input, resolve_weights)
-from structflow_ros.demo.report import (DISPLAY_MIN_HEIGHT, MAX_DEPTH_M,  # noqa: F401
-                                        print_metrics, write_report)
+from structflow_ros.demo.inputs import DemoInputError, load_frames, open_input, resolve_weights
+from structflow_ros.demo.report import print_metrics, write_report
 from structflow_ros.progress import progress_bar
-from structflow_ros.visual import LABEL_HEIGHT  # noqa: F401 - the video's label strip
 
 DEFAULT_DOMAIN = 'fog'  # held out of the default model's training (scripts/train_default.sh)
 DEFAULT_SEED = 24       # the fog drive `structflow evaluate` reports on
@@ -126,9 +123,9 @@ def run(args, load_frames_fn, weights, out, domain_id, progress):
     interrupted. The node is stopped (SIGINT, wait, kill) on every way out of here.
     """
     from structflow_ros.ros.depth_client import DepthClient, camera_info_for
-    from structflow_ros.ros.node_process import (NodeProcess, NodeStartError, node_ros_args,
-                                                 ros_env, write_params_file)
-    from structflow_ros.ros.run_summary import summarize_run
+    from structflow_ros.tools.node_process import (NodeProcess, NodeStartError, node_ros_args,
+                                                   ros_env, write_params_file)
+    from structflow_ros.tools.run_summary import summarize_run
     parameters = {'weights': str(weights), 'publish_points': bool(args.points),
                   'threads': int(args.threads), 'device': args.device,
                   'diagnostics_period': 0.2}
@@ -233,7 +230,7 @@ def main(args):
         _check_args(args)
         weights = resolve_weights(args.weights)
         demo_input = open_input(args)
-        from structflow_ros.ros.node_process import pick_domain_id
+        from structflow_ros.tools.node_process import pick_domain_id
         domain_id, how = pick_domain_id(args.ros_domain_id)
     except (DemoInputError, ValueError) as error:
         print(f'structflow demo: {error}', file=sys.stderr)
@@ -252,7 +249,7 @@ def main(args):
                 'rate_hz': args.rate, 'frames_requested': args.frames,
                 'points': bool(args.points), 'threads': args.threads, 'device': args.device}
     try:
-        from structflow_ros.ros.node_process import NodeStartError
+        from structflow_ros.tools.node_process import NodeStartError
         try:
             start = time.monotonic()
             result = run(args, lambda: load_frames(demo_input, args.max_width, progress),

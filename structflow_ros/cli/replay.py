@@ -33,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from structflow_ros.online.units import DEPTH_MODES
 from structflow_ros.progress import progress_bar
 from structflow_ros.replay.source import BagReplaySource, ReplayInputError
+from structflow_ros.tools.run_summary import percentile
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 GLOBAL_SCALE_SAMPLES = 20000  # pixels kept per frame for the one-scale-per-drive metrics
@@ -72,6 +74,16 @@ def get_args_parser():
     parser.add_argument('--max-depth', type=float, default=80.0,
                         help='evaluation cap in metres (80 outdoor, 10 indoor)')
     parser.add_argument('--frame-id', default='', help="output frame_id (default: the image's)")
+    # The node's output parameters: the output bag holds what the node would publish.
+    parser.add_argument('--depth-mode', default='relative', choices=DEPTH_MODES,
+                        help="the node's depth_mode: unit of the written depth (metrics are "
+                        "taken on the model's depth either way)")
+    parser.add_argument('--depth-scale', type=float, default=1.0,
+                        help="the node's depth_scale (metres per model unit, depth-mode scale)")
+    parser.add_argument('--camera-height', type=float, default=1.0,
+                        help="the node's camera_height in metres (depth-mode camera_height)")
+    parser.add_argument('--points-decimation', type=int, default=2,
+                        help="the node's points_decimation (every n-th pixel a point)")
     parser.add_argument('--out', default='', help='report folder (default reports/replay-TIME)')
     parser.add_argument('--no-video', action='store_true')
     parser.add_argument('--no-bag', action='store_true')
@@ -134,16 +146,20 @@ def replay_one(source, settings, out, args, progress):
     run.start()
     try:
         for frame in source.frames(passthrough=bag.passthrough if bag else None):
-            row, depth = run.process(frame)
+            row, result = run.process(frame)
             rows.append(row)
             if row.metrics is not None:
-                samples.append(_global_scale_sample(depth, frame.gt, args.max_depth, rng))
-            colored = colorize(depth) if bag is not None or video is not None else None
-            if bag is not None:
-                bag.write_frame(frame, depth, colored,
-                                args.frame_id or frame.frame_id or 'camera')
+                samples.append(_global_scale_sample(result.model_depth, frame.gt,
+                                                    args.max_depth, rng))
+            published = result.depth if result.depth is not None else result.model_depth
+            colored = colorize(published) if bag is not None or video is not None else None
+            if bag is not None and result.depth is not None:  # the node publishes nothing else
+                bag.write_frame(frame, result, colored,
+                                args.frame_id or frame.frame_id or 'camera',
+                                settings.points_decimation)
             if video is not None:
-                video.write(side_by_side(frame, colored, row, depth, args.max_depth))
+                video.write(side_by_side(frame, colored, row, result.model_depth,
+                                         args.max_depth))
             bar.update(1)
             if row.metrics is not None:
                 bar.set_postfix_str(f"AbsRel {row.metrics['abs_rel']:.3f} v{row.version}",
@@ -176,10 +192,6 @@ def _global_scale_sample(depth, gt, max_depth, rng):
     return pred.astype(np.float32), truth.astype(np.float32)
 
 
-def _percentile(values, q):
-    return float(np.percentile(values, q)) if len(values) else float('nan')
-
-
 def summarize(rows, samples, swaps, adaptation, source, settings, args):
     from structflow_ros.core.metrics import aggregate_depth_metrics, depth_metrics
     measured = [r for r in rows if r.metrics is not None]
@@ -188,9 +200,9 @@ def summarize(rows, samples, swaps, adaptation, source, settings, args):
         'adapt': settings.adapt, 'realtime': settings.realtime, 'backend': args.backend,
         'frames': len(rows), 'frames_with_ground_truth': len(measured),
         'source': vars(source.stats).copy(),
-        'latency_ms_p50': _percentile([r.latency_ms for r in rows], 50),
-        'latency_ms_p95': _percentile([r.latency_ms for r in rows], 95),
-        'model_ms_p50': _percentile([r.model_ms for r in rows], 50),
+        'latency_ms_p50': percentile([r.latency_ms for r in rows], 50),
+        'latency_ms_p95': percentile([r.latency_ms for r in rows], 95),
+        'model_ms_p50': percentile([r.model_ms for r in rows], 50),
         'versions_served': {str(v): sum(1 for r in rows if r.version == v)
                             for v in sorted({r.version for r in rows})},
         'swaps': [{'frame': f, 'version': v} for f, v in swaps],
@@ -375,7 +387,9 @@ def main(args):
                 weights=weights, device=device, backend=args.backend, threads=args.threads,
                 adapt=adapt, adapt_parameters=adapt_parameters,
                 adapt_state_dir=Path(state) if adapt else None, realtime=realtime,
-                max_depth=args.max_depth, label=label, network_aspect=args.network_aspect)
+                max_depth=args.max_depth, label=label, network_aspect=args.network_aspect,
+                depth_mode=args.depth_mode, depth_scale=args.depth_scale,
+                camera_height=args.camera_height, points_decimation=args.points_decimation)
             try:
                 summary, interrupted = replay_one(
                     BagReplaySource(args.bag, source.image_topic, source.camera_info_topic,

@@ -188,6 +188,23 @@ class BagWriter:
         self.write_message(topic, CAMERA_INFO_MSGTYPE, stamp_ns, msg)
 
 
+def camera_info_message(camera, stamp_ns: int, frame_id: str):
+    """A rosbags sensor_msgs/CameraInfo of a CameraModel (online/camera.py) at `stamp_ns`."""
+    types = typestore().types
+    roi = types['sensor_msgs/msg/RegionOfInterest'](
+        x_offset=int(camera.roi.x_offset), y_offset=int(camera.roi.y_offset),
+        height=int(camera.roi.height), width=int(camera.roi.width), do_rectify=False)
+    sec, nanosec = split_stamp(stamp_ns)
+    header = types['std_msgs/msg/Header'](
+        stamp=types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec), frame_id=frame_id)
+    return types[CAMERA_INFO_MSGTYPE](
+        header=header, height=int(camera.height), width=int(camera.width),
+        distortion_model=camera.distortion_model, d=np.asarray(camera.d, dtype=np.float64),
+        k=np.asarray(camera.k, dtype=np.float64), r=np.asarray(camera.r, dtype=np.float64),
+        p=np.asarray(camera.p, dtype=np.float64), binning_x=int(camera.binning_x),
+        binning_y=int(camera.binning_y), roi=roi)
+
+
 def resolve_bag_path(bag_path: PathLike) -> Path:
     """Check that `bag_path` is a rosbag2 directory (metadata.yaml) or a .db3/.mcap file."""
     path = Path(bag_path)

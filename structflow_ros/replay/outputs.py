@@ -7,12 +7,10 @@ import cv2
 import numpy as np
 
 from structflow_ros.data import bag_io
-from structflow_ros.data.camera import resize_intrinsics
+from structflow_ros.online.camera import POINT_DTYPE, POINT_FIELD_OFFSETS, cloud_points
 from structflow_ros.visual import even
 
 POINTCLOUD_MSGTYPE = 'sensor_msgs/msg/PointCloud2'
-POINTS_DECIMATION = 4  # every 4th pixel of every 4th row: a readable cloud, a small bag
-POINT_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))
 
 
 class OutputBag:
@@ -28,53 +26,45 @@ class OutputBag:
         self.writer.write_message(topic, msgtype, record_ns, msg)
         self.messages += 1
 
-    def write_frame(self, frame, depth, colored, frame_id):
-        """depth (metres or relative units, at the image size or not) and its colour picture
-        (bgr8, `colorize`) for one replayed frame, recorded at the image's header stamp."""
+    def write_frame(self, frame, result, colored, frame_id, decimation):
+        """One replayed frame as the node publishes it (online.pipeline.FrameResult: depth in
+        the published unit, the camera of that depth and its rays) and its colour picture
+        (bgr8, `colorize`), recorded at the image's header stamp."""
         stamp = frame.stamp_ns
         ns = self.namespace
+        depth = result.depth
         self.writer.write_image(f'{ns}/depth', stamp, depth.astype(np.float32), '32FC1',
                                 frame_id)
         self.writer.write_image(f'{ns}/depth/colored', stamp,
                                 cv2.cvtColor(colored, cv2.COLOR_BGR2RGB), 'bgr8', frame_id)
         self.messages += 2
-        if frame.K is not None:
-            height, width = depth.shape
-            K = resize_intrinsics(frame.K, frame.rgb.shape[:2], depth.shape)
-            self.writer.write_camera_info(f'{ns}/depth/camera_info', stamp, K, width, height,
-                                          frame_id)
+        camera = result.camera
+        if camera is None or camera.info is None:
+            return
+        self.writer.write_message(f'{ns}/depth/camera_info', bag_io.CAMERA_INFO_MSGTYPE, stamp,
+                                  bag_io.camera_info_message(camera.info, stamp, frame_id))
+        self.messages += 1
+        if camera.rays is not None:
+            cloud, dense = cloud_points(depth, camera.rays, frame.rgb, decimation)
             self.writer.write_message(f'{ns}/depth/points', POINTCLOUD_MSGTYPE, stamp,
-                                      self._cloud(depth, K, frame.rgb, stamp, frame_id))
-            self.messages += 2
+                                      self._cloud(cloud, dense, stamp, frame_id))
+            self.messages += 1
 
-    def _cloud(self, depth, K, rgb, stamp, frame_id):
-        """Organised xyz + packed-rgb cloud of every n-th pixel (pinhole, z-depth)."""
+    def _cloud(self, cloud, dense, stamp, frame_id):
+        """The PointCloud2 message of `online.camera.cloud_points`, as the node makes it."""
         types = bag_io.typestore().types
-        rows = np.arange(0, depth.shape[0], POINTS_DECIMATION)
-        cols = np.arange(0, depth.shape[1], POINTS_DECIMATION)
-        z = depth[np.ix_(rows, cols)].astype(np.float32)  # (h, w)
-        x = (cols[None, :] - K[0, 2]) / K[0, 0] * z
-        y = (rows[:, None] - K[1, 2]) / K[1, 1] * z
-        colour = cv2.resize(rgb, (depth.shape[1], depth.shape[0]),
-                            interpolation=cv2.INTER_AREA)[np.ix_(rows, cols)].astype(np.uint32)
-        packed = (colour[..., 0] << 16) | (colour[..., 1] << 8) | colour[..., 2]
-        points = np.empty(z.shape, dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
-                                          ('rgb', '<u4')])
-        invalid = ~(np.isfinite(z) & (z > 0))
-        points['x'], points['y'], points['z'] = (np.where(invalid, np.nan, v)
-                                                 for v in (x, y, z))
-        points['rgb'] = packed
         fields = [types['sensor_msgs/msg/PointField'](name=name, offset=offset, datatype=7,
                                                       count=1)
-                  for name, offset in POINT_FIELDS]
+                  for name, offset in POINT_FIELD_OFFSETS]
         sec, nanosec = bag_io.split_stamp(stamp)
         header = types['std_msgs/msg/Header'](
             stamp=types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec),
             frame_id=frame_id)
         return types[POINTCLOUD_MSGTYPE](
-            header=header, height=z.shape[0], width=z.shape[1], fields=fields,
-            is_bigendian=False, point_step=16, row_step=16 * z.shape[1],
-            data=np.frombuffer(points.tobytes(), np.uint8), is_dense=not bool(invalid.any()))
+            header=header, height=cloud.shape[0], width=cloud.shape[1], fields=fields,
+            is_bigendian=False, point_step=POINT_DTYPE.itemsize,
+            row_step=POINT_DTYPE.itemsize * cloud.shape[1],
+            data=np.frombuffer(cloud.tobytes(), np.uint8), is_dense=dense)
 
     def close(self):
         self.writer.close()

@@ -1,10 +1,12 @@
 """Replay one bag through the node's per-frame pipeline; per-frame rows, outputs written as
 they come (a Ctrl-C keeps everything processed so far, the output bag closed and valid).
 
-The objects are the node's own (no ROS): the weight store, the DepthServer (backend, probe,
-swaps between frames), the FramePipeline (each frame predicted by the serving version before
-the pair buffer sees it) and, with adaptation, the PairBuffer and the OnlineAdapter thread built
-from the node's adapt_* parameters.
+The objects are the node's own, built by the same `online.stack.build_stack` (no ROS): the
+weight store, the DepthServer (backend, probe, swaps between frames), the FramePipeline (units,
+the camera of the depth, each frame predicted by the serving version before the pair buffer sees
+it) and, with adaptation, the PairBuffer and the OnlineAdapter thread built from the node's
+adapt_* parameters. So what replay writes is what the node publishes for the same frames
+(test_replay_node_identity.py); metrics are taken on the model's relative depth, before units.
 """
 import time
 from dataclasses import dataclass, field
@@ -15,14 +17,11 @@ import cv2
 import numpy as np
 
 from structflow_ros.core.metrics import PriorFloor, constant_depth_floor, depth_metrics
-from structflow_ros.online.adapter import OnlineAdapter, adapter_config_from_node_parameters
-from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
-from structflow_ros.online.pipeline import FramePipeline
-from structflow_ros.online.server import DepthServer, read_serving_checkpoint
-from structflow_ros.online.weight_store import VersionedWeightStore
+from structflow_ros.online.adapter import adapter_config_from_node_parameters
+from structflow_ros.online.pipeline import OutputSettings
+from structflow_ros.online.server import read_serving_checkpoint
+from structflow_ros.online.stack import StackSettings, build_stack
 from structflow_ros.visual import colorize_depth, colormap_limits, error_map, panel
-
-ERROR_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3')
 
 
 @dataclass
@@ -39,6 +38,12 @@ class ReplaySettings:
     realtime: bool = False
     max_depth: float = 80.0
     label: str = ''
+    # The node's output parameters (units, points): replay publishes what the node would.
+    depth_mode: str = 'relative'
+    depth_scale: float = 1.0
+    camera_height: float = 1.0
+    publish_points: bool = True
+    points_decimation: int = 2
 
 
 @dataclass
@@ -67,25 +72,20 @@ class ReplayRun:
         self.settings = settings
         self._log = log or (lambda level, text: None)
         state_dict, meta = read_serving_checkpoint(settings.weights)
-        self.store = VersionedWeightStore()
-        self.store.publish(state_dict, meta)
-        self.buffer = self.adapter = None
-        if settings.adapt:
-            config = meta['model_config']
-            if not config.flow_branch:
-                raise ValueError(f'--adapt needs weights with the flow branch; '
-                                 f'{settings.weights} has the depth path only')
-            self.buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
-            self.adapter = OnlineAdapter(
-                state_dict, config, self.store, self.buffer,
-                adapter_config_from_node_parameters(settings.adapt_parameters), settings.device,
-                settings.adapt_state_dir, resume=False, log=self._log)
+        if settings.adapt and not meta['model_config'].flow_branch:
+            raise ValueError(f'--adapt needs weights with the flow branch; '
+                             f'{settings.weights} has the depth path only')
+        self.stack = build_stack(state_dict, meta, StackSettings(
+            device=settings.device, input_size=settings.input_size, backend=settings.backend,
+            threads=settings.threads, network_aspect=settings.network_aspect,
+            adapt=settings.adapt,
+            adapter_config=adapter_config_from_node_parameters(settings.adapt_parameters),
+            adapt_state_dir=settings.adapt_state_dir, adapt_resume=False, log=self._log))
         del state_dict
-        self.server = DepthServer(self.store, settings.device, settings.input_size,
-                                  settings.backend, settings.threads, self._log,
-                                  aspect=settings.network_aspect)
-        self.server.start()
-        self.pipeline = FramePipeline(self.server, self.buffer)
+        self.store, self.server = self.stack.store, self.stack.server
+        self.adapter, self.buffer = self.stack.adapter, self.stack.buffer
+        self.pipeline = self.stack.pipeline
+        self.stack.enter_serving_thread()  # frames are served from this (the caller's) thread
         self.swaps: List[tuple] = []  # (frame index, version)
         self._last_version = self.server.served.version
         self._started = None
@@ -96,13 +96,10 @@ class ReplayRun:
         self._prior_rows: List[FrameRow] = []
 
     def start(self):
-        if self.adapter is not None:
-            self.adapter.start()
+        self.stack.start()
 
     def close(self):
-        if self.adapter is not None:
-            self.adapter.stop()
-        self.server.close()
+        self.stack.close()
 
     def _pace(self, frame):
         """--realtime: wait until the frame's recorded time (the camera's clock)."""
@@ -114,15 +111,24 @@ class ReplayRun:
         if delay > 0:
             time.sleep(delay)
 
+    def output_settings(self, frame):
+        """The node's outputs for this frame, at the ground-truth size (else the image's)."""
+        settings = self.settings
+        height, width = frame.gt.shape if frame.gt is not None else frame.rgb.shape[:2]
+        return OutputSettings(output_height=height, output_width=width,
+                              max_output_pixels=max(height * width, 1),
+                              depth_mode=settings.depth_mode, depth_scale=settings.depth_scale,
+                              camera_height=settings.camera_height,
+                              publish_points=settings.publish_points)
+
     def process(self, frame):
-        """One frame: swap (between frames), predict at the ground-truth size (else the
-        image's), then metrics. Returns (FrameRow, depth)."""
+        """One frame through the node's per-frame path (swap, predict, camera, units, pairs),
+        then metrics on the model's depth. Returns (FrameRow, FrameResult)."""
         if self.settings.realtime:
             self._pace(frame)
-        self.pipeline.between_frames()
         started = time.perf_counter()
-        output_size = frame.gt.shape if frame.gt is not None else frame.rgb.shape[:2]
-        result = self.pipeline.process(frame.rgb, frame.stamp_ns, output_size)
+        result = self.pipeline.process(frame.rgb, frame.stamp_ns, frame.camera,
+                                       self.output_settings(frame), frame.frame_id)
         latency_ms = (time.perf_counter() - started) * 1e3
         if result.version != self._last_version:
             self.swaps.append((frame.index, result.version))
@@ -130,20 +136,21 @@ class ReplayRun:
         row = FrameRow(frame.index, frame.stamp_ns, result.version, latency_ms,
                        result.model_s * 1e3, result.pair, frame.rgb.shape[1],
                        frame.rgb.shape[0])
+        depth = result.model_depth
         if frame.gt is not None:
             valid = np.isfinite(frame.gt) & (frame.gt > 0)
             row.gt_points = int((valid & (frame.gt < self.settings.max_depth)).sum())
             if row.gt_points:
-                row.metrics = depth_metrics(result.depth, frame.gt, valid,
+                row.metrics = depth_metrics(depth, frame.gt, valid,
                                             max_depth=self.settings.max_depth)
-                row.raw_metrics = depth_metrics(result.depth, frame.gt, valid,
+                row.raw_metrics = depth_metrics(depth, frame.gt, valid,
                                                 max_depth=self.settings.max_depth,
                                                 median_scaling=False)
                 row.floor_abs_rel = constant_depth_floor(
                     frame.gt, valid, max_depth=self.settings.max_depth)['abs_rel']
-            self.prior.add(result.depth, frame.gt, valid)
+            self.prior.add(depth, frame.gt, valid)
             self._prior_rows.append(row)
-        return row, result.depth
+        return row, result
 
     def score_prior_floor(self):
         """Score the prior floor on every frame with ground truth replayed so far: sets each

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from structflow_ros.data import bag_io, image_codec
-from structflow_ros.data.camera import resize_intrinsics
+from structflow_ros.online.camera import CameraModel
 
 
 class ReplayInputError(ValueError):
@@ -27,7 +27,7 @@ class ReplayFrame:
     stamp_ns: int  # the image's header stamp
     record_ns: int  # when the bag recorded it (pacing)
     rgb: np.ndarray  # (H, W, 3) uint8
-    K: Optional[np.ndarray]  # (3, 3) at the image size, from the latest CameraInfo
+    camera: Optional[CameraModel]  # the latest CameraInfo as recorded (any size), or None
     gt: Optional[np.ndarray]  # (H_gt, W_gt) float32 metres, NaN where missing
     gt_stamp_ns: Optional[int]
     frame_id: str = ''  # the image's header frame_id (the outputs keep it, as the node does)
@@ -167,7 +167,7 @@ class BagReplaySource:
                                        else [])
         if passthrough is not None:
             topics = sorted(self.topics)
-        K_full, K_size, last_stamp, last_size = None, None, None, None
+        camera, last_stamp, last_size = None, None, None
         index = 0
         for record_ns, topic, msg in self._read(topics):
             if self.max_frames and index >= self.max_frames:
@@ -175,8 +175,7 @@ class BagReplaySource:
             if passthrough is not None:
                 passthrough(record_ns, topic, self.topics[topic], msg)
             if topic == self.camera_info_topic:
-                K_full = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-                K_size = (int(msg.height), int(msg.width))
+                camera = CameraModel.from_fields(msg)  # checked per frame, as the node does
                 continue
             if topic != self.image_topic:
                 continue
@@ -197,15 +196,12 @@ class BagReplaySource:
                     self.stats.size_changes += 1
                 self.stats.sizes.append(f'{size[1]}x{size[0]}')
                 last_size = size
-            K = None
-            if K_full is not None and K_full[0, 0] > 0 and np.isfinite(K_full).all():
-                K = resize_intrinsics(K_full, K_size, size)
             gt, gt_stamp = self._match_gt(stamp_ns)
             if self.gt_topic is not None:
                 if gt is None:
                     self.stats.gt_unmatched += 1
                 else:
                     self.stats.gt_matched += 1
-            yield ReplayFrame(index, stamp_ns, int(record_ns), rgb, K, gt, gt_stamp,
+            yield ReplayFrame(index, stamp_ns, int(record_ns), rgb, camera, gt, gt_stamp,
                               str(getattr(msg.header, 'frame_id', '')))
             index += 1

@@ -5,13 +5,13 @@ node as its own process (`python -m structflow_ros.ros.depth_node --ros-args ...
 `ros2 run` starts), publish camera frames and camera_info at camera rate, and receive the
 node's outputs in another process, matched to the frame they answer by header stamp.
 
-- `NodeProcess` (ros/node_process.py): the node as a child process; `stop()` is SIGINT, wait,
+- `NodeProcess` (tools/node_process.py): the node as a child process; `stop()` is SIGINT, wait,
   kill (every path).
 - `DepthClient`: an rclpy context of its own with the camera publishers, subscriptions to the
   node's outputs and /diagnostics, and an executor thread that only stores what arrives.
-- `summarize_run` (ros/run_summary.py): end-to-end latency (image stamp -> depth received), rates and where frames
-  went (lost before the node, dropped by it, lost after it), from the replies and the node's
-  own diagnostics counters.
+- `summarize_run` (tools/run_summary.py): end-to-end latency (image stamp -> depth received),
+  rates and where frames went (lost before the node, dropped by it, lost after it), from the
+  replies and the node's own diagnostics counters.
 
 Stamps are the wall clock at publish time (`time.time_ns()`, what a camera driver stamps), and
 receive times the same clock in the same process, so latency needs no clock sync.
@@ -32,12 +32,12 @@ from std_msgs.msg import Header
 from structflow_ros.ros.image_publisher import make_image_msg, pinhole_camera_info
 # The node process and the run summary live in their own modules (no rclpy there); the names
 # stay importable from here for the demo, the node benchmark and the tests.
-from structflow_ros.ros.node_process import (NODE_MODULE, RANDOM_DOMAIN_RANGE,  # noqa: F401
-                                             NodeProcess, NodeStartError, node_ros_args,
-                                             pick_domain_id, ros_env, write_params_file)
 from structflow_ros.ros.qos import make_qos
-from structflow_ros.ros.run_summary import (DROP_COUNTERS, percentile, rate_hz,  # noqa: F401
-                                            summarize_run)
+from structflow_ros.tools.node_process import (NODE_MODULE, RANDOM_DOMAIN_RANGE,  # noqa: F401
+                                               NodeProcess, NodeStartError, node_ros_args,
+                                               pick_domain_id, ros_env, write_params_file)
+from structflow_ros.tools.run_summary import (DROP_COUNTERS, percentile, rate_hz,  # noqa: F401
+                                              summarize_run)
 
 OUTPUT_TYPES = {'depth': Image, 'depth/colored': Image, 'depth/camera_info': CameraInfo,
                 'depth/points': PointCloud2}
@@ -317,5 +317,3 @@ class DepthClient:
 
     def __exit__(self, *exc):
         self.close()
-
-

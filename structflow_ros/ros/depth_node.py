@@ -19,7 +19,6 @@ as a new version into a VersionedWeightStore; the converter thread builds them f
 backend aside and the inference thread swaps the reference between two frames
 (structflow_ros/online/server.py); the served module is never mutated.
 """
-import signal
 import sys
 import threading
 import time
@@ -28,46 +27,34 @@ import rclpy
 import torch
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from std_srvs.srv import SetBool, Trigger
 
-from structflow_ros.core.backends import serving_torch_threads
 from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
 from structflow_ros.data import image_codec
-from structflow_ros.online.adapter import (NODE_PARAMETERS, OnlineAdapter,
-                                           adapter_config_from_node_parameters)
-from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
-from structflow_ros.online.pipeline import FramePipeline
-from structflow_ros.online.service_calls import SlowCalls
-from structflow_ros.online.state_dir import CameraIdentity, StateDirBusy, resolve_state_dir
-from structflow_ros.online.server import (DepthServer, NotServableError,
-                                          read_serving_checkpoint, resolve_weights_path)
-from structflow_ros.online.weight_store import VersionedWeightStore
+from structflow_ros.online.adapter import NODE_PARAMETERS, adapter_config_from_node_parameters
+from structflow_ros.online.frame_slot import LatestFrameSlot
+from structflow_ros.online.pipeline import OUTPUT_SETTINGS, OutputSettings, frame_warnings
+from structflow_ros.online.control import ServingControl
+from structflow_ros.online.state_dir import resolve_state_dir
+from structflow_ros.online.server import (NotServableError, read_serving_checkpoint,
+                                          resolve_weights_path)
+from structflow_ros.online.stack import StackSettings, build_stack
 from structflow_ros.ros import conversions
 from structflow_ros.ros.camera_info_source import CameraInfoSource
-from structflow_ros.ros.dds_profile import use_node_profile
-from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array
-from structflow_ros.ros.frame_slot import LatestFrameSlot
+from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array, serving_health
 from structflow_ros.ros.params import PARAMETERS, validate
 from structflow_ros.ros.qos import IncompatibleQosWarner, make_qos
-from structflow_ros.ros.scaling import DepthScaler, ScaleUnavailable
 
 INFERENCE_THREAD_NAME = 'structflow-inference'
 # How often the idle inference thread looks for a new weight version (no frame needed to swap).
 IDLE_POLL_S = 0.05
-# How long ~/reload_weights waits for the inference thread to serve the new version.
-SWAP_TIMEOUT_S = 10.0
-# How long a service handler waits for its slow call (reload, reset, save) before it answers
-# 'still running' and frees its executor thread; the call's result is then logged.
-SERVICE_WAIT_S = 30.0
 # Executor threads: images and the diagnostics timer (the default, mutually exclusive group),
 # one per slow-call kind that may be running (weights, save), one to answer everything else at
 # once (busy replies, enable, parameters) while those run.
@@ -86,22 +73,13 @@ class DepthNode(Node):
     def __init__(self, node_name='depth_node', **kwargs):
         super().__init__(node_name, **kwargs)
         self.stats = ServingStats()
-        self.weight_store = VersionedWeightStore()
         self._slot = LatestFrameSlot()
         self._camera_info = None  # CameraInfoSource, made in _setup
-        self.server = None
-        self.adapter = None
-        self._adapter_camera = None
-        self.pipeline = None
+        self.stack = None  # online.stack.Stack: store, server, pipeline, adapter
         self._last_warned = {}
-        self._rays_missing = ''  # why this frame has no rays (camera_height needs them)
-        self._scaler = DepthScaler()
-        self._rays = conversions.RayCache()
         self._bit_depth = image_codec.BitDepthEstimator()  # input_bit_depth 0 (auto)
         self._thread = None
         self._declaring = False
-        self._slow_calls = SlowCalls(log=self._log)
-        self._adaptation_refused = ''  # why adapt:=true did not start adaptation
         try:
             self._setup()
         except BaseException:
@@ -134,23 +112,35 @@ class DepthNode(Node):
                     " (the 'weights' parameter is empty, so the shipped default model was "
                     'used; set weights:=<checkpoint file>)')
             raise StartupError(f'cannot load weights {self.weights_path}: {error}{hint}') from None
-        version = self.weight_store.publish(state_dict, meta)
-        pair_buffer = None
-        if self._param('adapt'):
-            pair_buffer = self._make_adapter(state_dict, meta)
-            version = self.weight_store.version  # a resumed adapted state serves from the start
-        del state_dict
-        self.server = DepthServer(self.weight_store, self.device, self._input_size(),
-                                  self._param('backend'), self._threads, self._log,
-                                  aspect=self._param('network_aspect'))
+        adapt = self._param('adapt')
+        if adapt and not meta['model_config'].flow_branch:
+            raise StartupError(f'adapt:=true needs weights with the flow branch; '
+                               f'{self.weights_path} has none (depth path only)')
         try:
-            self.server.start()
+            self.stack = build_stack(state_dict, meta, StackSettings(
+                device=self.device, input_size=self._input_size(),
+                backend=self._param('backend'), threads=self._threads,
+                network_aspect=self._param('network_aspect'), adapt=adapt,
+                adapter_config=adapter_config_from_node_parameters(
+                    {name: self._param(name) for name in (*NODE_PARAMETERS, 'adapt_gate')}),
+                adapt_state_dir=resolve_state_dir(self._param('adapt_state_dir'),
+                                                  self.get_fully_qualified_name()),
+                adapt_resume=self._param('adapt_resume'), serve_when_state_busy=True,
+                log=self._log))
         except NotServableError as error:
             raise StartupError(f'weights {self.weights_path} cannot serve: {error}') from None
+        except (ValueError, OSError) as error:  # adaptation: no flow branch, a bad directory
+            raise StartupError(f'cannot start adaptation: {error}') from None
         except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
             raise StartupError(f'cannot put the model from {self.weights_path} on '
                                f'{self.device}: {error}') from None
-        self.pipeline = FramePipeline(self.server, pair_buffer)
+        del state_dict
+        if self.stack.adaptation_refused:
+            # Depth is the product: serve it, but never adapt in another camera's directory.
+            self.get_logger().error(f'adaptation not started: {self.stack.adaptation_refused}; '
+                                    'serving without it')
+        version = self.server.served.version  # a resumed adapted state serves from the start
+        self.control = ServingControl(self.stack, lambda: self._thread.is_alive(), self._log)
 
         self._qos_warner = IncompatibleQosWarner(self.get_logger())
         in_reliability = self._param('qos_reliability')
@@ -218,29 +208,25 @@ class DepthNode(Node):
                f'off ({self._adaptation_refused})' if self._adaptation_refused
                else 'off (adapt:=true to enable)'))
 
-    def _make_adapter(self, state_dict, meta):
-        """The adaptation thread's objects (not started yet); returns the pair buffer."""
-        config = meta['model_config']
-        if not config.flow_branch:
-            raise StartupError(f'adapt:=true needs weights with the flow branch; '
-                               f'{self.weights_path} has none (depth path only)')
-        adapter_config = adapter_config_from_node_parameters(
-            {name: self._param(name) for name in (*NODE_PARAMETERS, 'adapt_gate')})
-        pair_buffer = PairBuffer(PairBufferConfig(height=config.height, width=config.width))
-        state_dir = resolve_state_dir(self._param('adapt_state_dir'),
-                                      self.get_fully_qualified_name())
-        try:
-            self.adapter = OnlineAdapter(
-                state_dict, config, self.weight_store, pair_buffer, adapter_config,
-                self.device, state_dir, self._param('adapt_resume'), log=self._log)
-        except StateDirBusy as error:
-            # Depth is the product: serve it, but never adapt in another camera's directory.
-            self._adaptation_refused = str(error)
-            self.get_logger().error(f'adaptation not started: {error}; serving without it')
-            return None
-        except (ValueError, OSError) as error:
-            raise StartupError(f'cannot start adaptation: {error}') from None
-        return pair_buffer
+    @property
+    def server(self):
+        return self.stack.server if self.stack is not None else None
+
+    @property
+    def adapter(self):
+        return self.stack.adapter if self.stack is not None else None
+
+    @property
+    def weight_store(self):
+        return self.stack.store
+
+    @property
+    def pipeline(self):
+        return self.stack.pipeline
+
+    @property
+    def _adaptation_refused(self):
+        return self.stack.adaptation_refused if self.stack is not None else ''
 
     # ------------------------------------------------------------------------------------------
     # Parameters
@@ -271,6 +257,7 @@ class DepthNode(Node):
 
     def _live_settings(self):
         """The live parameters, read once per frame (cheap dict lookups, no locks needed)."""
+        # OUTPUT_SETTINGS (online.pipeline.OutputSettings) among them
         names = ('output_height', 'output_width', 'depth_mode', 'depth_scale', 'camera_height',
                  'colormap', 'colormap_range', 'colormap_min', 'colormap_max',
                  'colormap_percentile_low', 'colormap_percentile_high', 'publish_points',
@@ -307,77 +294,29 @@ class DepthNode(Node):
 
     def _on_reload(self, request, response):
         del request
-        return self._answer('~/reload_weights', response, lambda: self._slow_calls.run(
-            'weights', 'a reload', self._reload, SERVICE_WAIT_S))
-
-    def _reload(self):
         path = resolve_weights_path(self._param('weights'))  # re-read: it may have been set
-        serving = self._served_version()
-        try:
-            state_dict, meta = read_serving_checkpoint(path)
-            if self.adapter is not None:
-                # Adaptation continues from the new weights (and resets its anchor to them).
-                version = self.adapter.rebase(state_dict, meta)
-            else:
-                version = self.weight_store.publish(state_dict, meta)
-        except (CheckpointError, ValueError, RuntimeError) as error:
-            return False, f'reload refused, still serving version {serving}: {error}'
-        del state_dict
-        served, reason = self.server.wait_until_serving(version, SWAP_TIMEOUT_S,
-                                                        alive=self._thread.is_alive)
-        if not served:
-            return False, (f'version {version} ({path}) published but not served: {reason}; '
-                           f'still serving version {self._served_version()}')
-        self.weights_path = path
-        message = f'serving {path} as version {version}'
-        self.get_logger().info(message)
-        return True, message
-
-    def _adaptation_off(self):
-        return False, 'adaptation is off' + (
-            f': {self._adaptation_refused}' if self._adaptation_refused
-            else ' (start the node with adapt:=true)')
+        self._answer('~/reload_weights', response, lambda: self.control.reload(path))
+        if response.success:
+            self.weights_path = path
+        return response
 
     def _on_adapt_enable(self, request, response):
-        def enable():
-            if self.adapter is None:
-                return self._adaptation_off()
-            message = self.adapter.set_enabled(request.data)
-            self.get_logger().info(message)
-            return True, message
-        return self._answer('~/adaptation/enable', response, enable)
+        return self._answer('~/adaptation/enable', response,
+                            lambda: self.control.enable(request.data))
 
     def _on_adapt_reset(self, request, response):
         del request
-        if self.adapter is None:
-            return self._answer('~/adaptation/reset', response, self._adaptation_off)
-        return self._answer('~/adaptation/reset', response, lambda: self._slow_calls.run(
-            'weights', 'an adaptation reset', self._reset, SERVICE_WAIT_S))
-
-    def _reset(self):
-        removed, message = self.adapter.reset()
-        served, reason = self.server.wait_until_serving(self.adapter.served_version,
-                                                        SWAP_TIMEOUT_S,
-                                                        alive=self._thread.is_alive)
-        if not served:
-            message += f'; not served yet: {reason}'
-        return served and removed, message
+        return self._answer('~/adaptation/reset', response, self.control.reset)
 
     def _on_adapt_save(self, request, response):
         del request
-        if self.adapter is None:
-            return self._answer('~/adaptation/save', response, self._adaptation_off)
-        return self._answer('~/adaptation/save', response, lambda: self._slow_calls.run(
-            'save', 'a save', self.adapter.save, SERVICE_WAIT_S))
+        return self._answer('~/adaptation/save', response, self.control.save)
 
     # ------------------------------------------------------------------------------------------
     # Inference thread
     # ------------------------------------------------------------------------------------------
     def _inference_loop(self):
-        # Per calling thread (OpenMP): a runtime with its own pool gets torch on one thread.
-        threads = serving_torch_threads(self.server.served.predictor.runner,
-                                        self._threads or torch.get_num_threads())
-        torch.set_num_threads(threads)
+        self.stack.enter_serving_thread()
         while True:
             item = self._slot.get(timeout=IDLE_POLL_S)
             if self._slot.closed:
@@ -410,29 +349,26 @@ class DepthNode(Node):
             self.get_logger().info(
                 f'{msg.encoding} input: largest sample so far {largest}, so {bits}-bit data '
                 f'(mapped to 8 bit by 255/{(1 << bits) - 1}); set input_bit_depth to fix it')
-        height, width = rgb.shape[:2]
-        if self.adapter is not None:
-            self.adapter.observe_camera(self._camera_identity(msg.header, width, height))
-        out_height, out_width = self._output_size(height, width, settings)
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        result = self.pipeline.process(rgb, stamp_ns, (out_height, out_width))
-        model_depth = result.depth
-
-        depth_info, rays = self._depth_camera(msg.header, width, height, out_width, out_height,
-                                              settings)
-        self._scaler.configure(settings['depth_mode'], settings['depth_scale'],
-                               settings['camera_height'])
-        try:
-            depth = self._scaler.apply(model_depth, rays, self._rays_missing)
-        except ScaleUnavailable as error:
-            self.stats.record_no_scale()
-            self._warn_throttled('no_scale', f'no depth published: {error}')
-            return
-
         header = msg.header
+        info = self._camera_info.for_stamp(header.stamp)
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        outputs = OutputSettings(**{name: settings[name] for name in OUTPUT_SETTINGS})
+        result = self.pipeline.process(
+            rgb, stamp_ns, info, outputs, header.frame_id,
+            no_camera=f'none received on {self._info_sub.topic_name} yet')
+        for key, text, period in frame_warnings(result, outputs, self._info_sub.topic_name,
+                                                self.pipeline.rays.note):
+            self._warn_throttled(key, text, period)
+        if result.depth is None:
+            self.stats.record_no_scale()
+            self._warn_throttled('no_scale', f'no depth published: {result.no_scale}')
+            return
+        depth = result.depth
+        camera = result.camera
         self._outputs['depth'].publish(conversions.depth_to_image_msg(depth, header))
-        if depth_info is not None:
-            self._outputs['depth/camera_info'].publish(depth_info)
+        if camera is not None and camera.info is not None:
+            self._outputs['depth/camera_info'].publish(
+                conversions.camera_info_msg(camera.info, header))
         colored_pub = self._outputs['depth/colored']
         if colored_pub.get_subscription_count() > 0:
             limits = conversions.colormap_limits(
@@ -442,75 +378,13 @@ class DepthNode(Node):
             bgr = conversions.colorize_depth(depth, limits, settings['colormap'])
             colored_pub.publish(conversions.bgr_to_image_msg(bgr, header))
         points_pub = self._outputs['depth/points']
-        if (settings['publish_points'] and rays is not None
+        if (settings['publish_points'] and camera is not None and camera.rays is not None
                 and points_pub.get_subscription_count() > 0):
             points_pub.publish(conversions.depth_to_pointcloud(
-                depth, rays, rgb, settings['points_decimation'], header))
+                depth, camera.rays, rgb, settings['points_decimation'], header))
         done = time.monotonic()
         self.stats.record_output(result.version, result.model_s,
                                  started - received, done - started, done)
-
-    def _output_size(self, height, width, settings):
-        """The published size: the parameters (0 = the input's), scaled down, aspect kept, to
-        max_output_pixels when a dimension that follows the input makes it larger."""
-        out_height = settings['output_height'] or height
-        out_width = settings['output_width'] or width
-        limit = settings['max_output_pixels']
-        if out_height * out_width > limit:
-            shrink = (limit / (out_height * out_width)) ** 0.5
-            wanted = f'{out_width}x{out_height}'
-            out_height = max(1, int(out_height * shrink))
-            out_width = max(1, int(out_width * shrink))
-            self._warn_throttled('output_size', (
-                f'output {wanted} for a {width}x{height} image is more than max_output_pixels '
-                f'{limit}: publishing {out_width}x{out_height}'), period=30.0)
-        return out_height, out_width
-
-    def _camera_identity(self, header, width, height):
-        """frame_id, size and (once camera_info came) K: whose adaptation state fits."""
-        info = self._camera_info.for_stamp(header.stamp)
-        usable = info is not None and (info.width, info.height) in ((width, height), (0, 0))
-        K = tuple(float(v) for v in info.k) if usable and any(info.k) else None
-        return CameraIdentity(header.frame_id, width, height, K)
-
-    def _depth_camera(self, header, width, height, out_width, out_height, settings):
-        """Rescaled camera_info and rays for this frame, or (None, None) without camera_info."""
-        info = self._camera_info.for_stamp(header.stamp)
-        self._rays_missing = ''
-        if info is None:
-            self._rays_missing = f'none received on {self._info_sub.topic_name} yet'
-            if settings['publish_points'] or settings['depth_mode'] == 'camera_height':
-                self._warn_throttled('no_camera_info', (
-                    f'no camera_info received on {self._info_sub.topic_name} yet: no '
-                    'depth/camera_info and no depth/points'
-                    + (', and no depth in camera_height mode'
-                       if settings['depth_mode'] == 'camera_height' else '')), period=30.0)
-            return None, None
-        need_rays = settings['publish_points'] or settings['depth_mode'] == 'camera_height'
-        camera = conversions.depth_camera(info, width, height, out_width, out_height, header,
-                                          self._rays, need_rays)
-        self._rays_missing = camera.rays_missing
-        if camera.problem:
-            # A bad camera_info costs only what needs it: depth keeps coming in relative and
-            # scale modes; depth/camera_info and depth/points wait for a good one.
-            self._warn_throttled('bad_camera_info', (
-                f'ignoring the camera_info on {self._info_sub.topic_name}: {camera.problem}; '
-                'no depth/camera_info and no depth/points until a valid one arrives'
-                + (', and no depth in camera_height mode'
-                   if settings['depth_mode'] == 'camera_height' else '')))
-            return None, None
-        if self.adapter is not None:
-            calibration = (tuple(info.k), int(info.height), int(info.width))
-            if calibration != self._adapter_camera:  # the calibrated adaptation loss may use it
-                self._adapter_camera = calibration
-                self.adapter.set_camera(info.k, (info.height or height, info.width or width))
-        if camera.mismatch:
-            # Per kind, throttled: a size that changes every frame makes a new text every
-            # frame (a set of warned texts would grow without bound and log every frame).
-            self._warn_throttled('info_mismatch', camera.mismatch, period=30.0)
-        if self._rays.note and need_rays:
-            self._warn_throttled('rays', self._rays.note, period=30.0)
-        return camera.info, camera.rays
 
     # ------------------------------------------------------------------------------------------
     # Diagnostics, logging, shutdown
@@ -532,9 +406,9 @@ class DepthNode(Node):
         extra.update({
             'device': str(self.device),
             'depth_mode': self._param('depth_mode'),
-            'depth_unit': self._scaler.unit,
+            'depth_unit': self.pipeline.scaler.unit,
             'input_bit_depth': self._param('input_bit_depth') or self._bit_depth.bits,
-            'depth_scale_in_use': self._scaler.last_scale if self._scaler.last_scale else 0.0,
+            'depth_scale_in_use': self.pipeline.scaler.last_scale or 0.0,
             'camera_info_received': self._camera_info.received,
             'camera_info_pairing': self._camera_info.pairing,
             'image_topic': self._image_sub.topic_name,
@@ -551,15 +425,7 @@ class DepthNode(Node):
 
     def _publish_diagnostics(self):
         values = self.diagnostics_snapshot()
-        level, message = DiagnosticStatus.OK, 'serving'
-        if values['frames_in'] == 0:
-            level, message = DiagnosticStatus.WARN, (
-                f"no image received on {values['image_topic']} (check the topic remap and "
-                'QoS)')
-        elif not self._thread.is_alive():
-            level, message = DiagnosticStatus.ERROR, 'inference thread stopped'
-        elif values['output_rate_hz'] == 0 and values['input_rate_hz'] > 0:
-            level, message = DiagnosticStatus.WARN, 'images arrive but no depth is published'
+        level, message = serving_health(values, self._thread.is_alive())
         array = make_diagnostic_array(self.get_clock().now().to_msg(),
                                       f'{self.get_fully_qualified_name()}: depth',
                                       values['device'], values, {}, level, message)
@@ -585,62 +451,14 @@ class DepthNode(Node):
             self.adapter.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        if self.server is not None:
-            self.server.close()
+        if self.stack is not None:
+            self.stack.close()
 
     def destroy_node(self):
         self.stop()
         return super().destroy_node()
 
 
-def _ignore_further_interrupts():
-    """Ignore SIGINT from now on, even when a pending interrupt lands in this very call.
-
-    A KeyboardInterrupt can be raised inside `signal.signal` itself (CI caught one there: exit
-    -2 on Ctrl-C of a launch). Once the call has returned, interrupts still pending are dropped,
-    since Python skips tripped signals whose handler is SIG_IGN.
-    """
-    while True:
-        try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            return
-        except KeyboardInterrupt:
-            continue
-
-
-def main(args=None):
-    """Entry point of `ros2 run structflow depth_node`; returns the process exit code."""
-    dds_note = use_node_profile()  # before rclpy.init: the DDS context reads it once
-    rclpy.init(args=args)
-    logger = get_logger('depth_node')
-    try:
-        node = DepthNode()
-        node.get_logger().info(dds_note)
-    except StartupError as error:
-        logger.fatal(str(error))
-        rclpy.try_shutdown()
-        return 1
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 0
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # The first SIGINT stopped the executor (rclpy's handler) and is also re-raised as a
-        # KeyboardInterrupt at a random later point: ignore further SIGINTs while the threads
-        # stop, or that interrupt lands in a join and the node dies with a traceback.
-        # (`ros2 launch` escalates to SIGTERM if a node does not stop.)
-        _ignore_further_interrupts()
-        executor.remove_node(node)
-        node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+if __name__ == '__main__':  # `python -m structflow_ros.ros.depth_node` (the tests, the tools)
+    from structflow_ros.ros.entry import run_depth_node
+    sys.exit(run_depth_node())

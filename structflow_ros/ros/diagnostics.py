@@ -148,6 +148,13 @@ def make_diagnostic_array(stamp, name, hardware_id, snapshot, extra, level=None,
     return array
 
 
-def diagnostic_values(array):
-    """{key: value} of the first status of a DiagnosticArray (tests, tools)."""
-    return {kv.key: kv.value for kv in array.status[0].values}
+def serving_health(values, inference_alive):
+    """(level, message) of the node's status from its diagnostics values."""
+    if values['frames_in'] == 0:
+        return DiagnosticStatus.WARN, (f"no image received on {values['image_topic']} (check "
+                                       'the topic remap and QoS)')
+    if not inference_alive:
+        return DiagnosticStatus.ERROR, 'inference thread stopped'
+    if values['output_rate_hz'] == 0 and values['input_rate_hz'] > 0:
+        return DiagnosticStatus.WARN, 'images arrive but no depth is published'
+    return DiagnosticStatus.OK, 'serving'

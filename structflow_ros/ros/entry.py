@@ -19,9 +19,63 @@ def _exit_now(signum, frame):
 
 def depth_node(args=None):
     previous = signal.signal(signal.SIGINT, _exit_now)
-    from structflow_ros.ros.depth_node import main
+    import structflow_ros.ros.depth_node  # noqa: F401 - the slow imports, under _exit_now
     signal.signal(signal.SIGINT, previous)
-    return main(args)
+    return run_depth_node(args)
+
+
+def _ignore_further_interrupts():
+    """Ignore SIGINT from now on, even when a pending interrupt lands in this very call.
+
+    A KeyboardInterrupt can be raised inside `signal.signal` itself (CI caught one there: exit
+    -2 on Ctrl-C of a launch). Once the call has returned, interrupts still pending are dropped,
+    since Python skips tripped signals whose handler is SIG_IGN.
+    """
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def run_depth_node(args=None):
+    """The node's process: DDS profile, rclpy, the node, its executor; the exit code."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.logging import get_logger
+    from structflow_ros.ros.dds_profile import use_node_profile
+    from structflow_ros.ros.depth_node import EXECUTOR_THREADS, DepthNode, StartupError
+    dds_note = use_node_profile()  # before rclpy.init: the DDS context reads it once
+    rclpy.init(args=args)
+    logger = get_logger('depth_node')
+    try:
+        node = DepthNode()
+        node.get_logger().info(dds_note)
+    except StartupError as error:
+        logger.fatal(str(error))
+        rclpy.try_shutdown()
+        return 1
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 0
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        # The first SIGINT stopped the executor (rclpy's handler) and is also re-raised as a
+        # KeyboardInterrupt at a random later point: ignore further SIGINTs while the threads
+        # stop, or that interrupt lands in a join and the node dies with a traceback.
+        # (`ros2 launch` escalates to SIGTERM if a node does not stop.)
+        _ignore_further_interrupts()
+        executor.remove_node(node)
+        node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    return 0
 
 
 if __name__ == '__main__':

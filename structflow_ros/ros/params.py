@@ -16,7 +16,7 @@ from structflow_ros.core.training import TRAINABLE_CHOICES
 from structflow_ros.online.gate import CRITERIA
 from structflow_ros.ros.conversions import COLORMAP_RANGE_MODES, COLORMAPS
 from structflow_ros.ros.qos import RELIABILITY_CHOICES
-from structflow_ros.ros.scaling import DEPTH_MODES
+from structflow_ros.online.units import DEPTH_MODES
 
 
 @dataclass(frozen=True)

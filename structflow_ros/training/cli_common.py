@@ -58,7 +58,7 @@ def model_config_from_args(args, **overrides):
                        input_norm=getattr(args, 'input_norm', 'imagenet'), **overrides)
 
 
-def finish(summary, command):
+def finish(summary):
     """Print the JSON summary (rank 0) and return the exit code."""
     if summary is not None:
         print(json.dumps(summary, indent=2, default=str))
@@ -86,4 +86,4 @@ def run_training(command, model, make_batches, loop, step_config, run, evaluate)
         return fail(command, error)
     finally:
         trainer.close()
-    return finish(summary if trainer.dist.is_main else None, command)
+    return finish(summary if trainer.dist.is_main else None)

@@ -56,11 +56,6 @@ def relative_scale(depth):
     return 1.0 / sample_median(depth)
 
 
-def normalize_relative(depth):
-    """Divide by the sampled median, so that it becomes exactly 1.0."""
-    return (depth * np.float32(relative_scale(depth))).astype(np.float32, copy=False)
-
-
 @dataclass
 class GroundFitConfig:
     """Robust ground plane fit on the back-projected depth (camera_height mode)."""

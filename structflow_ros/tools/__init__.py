@@ -1,0 +1,1 @@
+"""ROS-free helpers of the demo and the benchmarks: starting a node process, summarising a run."""

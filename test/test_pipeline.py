@@ -1,0 +1,102 @@
+"""The ROS-free per-frame path (online/pipeline.py, online/stack.py): one build for every caller,
+and per frame swap, predict, camera, units, pairs, in that order (issue 27)."""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from structflow_ros.core.config import ModelConfig
+from structflow_ros.core.networks import build_model
+from structflow_ros.online.adapter import AdapterConfig
+from structflow_ros.online.camera import CameraModel, RayCache, depth_camera
+from structflow_ros.online.pipeline import OutputSettings, bounded_output_size, frame_warnings
+from structflow_ros.online.stack import StackSettings, build_stack
+from structflow_ros.online.units import sample_median
+
+HEIGHT, WIDTH = 48, 64
+
+
+def tiny(flow_branch=False, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(height=64, width=96, flow_branch=flow_branch,
+                                    pose_branch=False))
+    return model.state_dict(), {'model_config': model.config, 'path': 'tiny'}
+
+
+def pinhole(width=WIDTH, height=HEIGHT, focal=50.0):
+    k = (focal, 0.0, (width - 1) / 2, 0.0, focal, (height - 1) / 2, 0.0, 0.0, 1.0)
+    return CameraModel(width=width, height=height, k=k, d=(0.0,) * 5,
+                       distortion_model='plumb_bob', p=k[:3] + (0.0,) + k[3:6] + (0.0,)
+                       + k[6:] + (0.0,))
+
+
+def frame(seed=0):
+    return (np.random.default_rng(seed).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def stack():
+    built = build_stack(*tiny(), StackSettings(backend='eager', threads=1))
+    yield built
+    built.close()
+
+
+def test_units_camera_and_points_come_out_of_one_call(stack):
+    rgb = frame()
+    result = stack.pipeline.process(rgb, 1, pinhole(), OutputSettings(
+        output_height=24, output_width=32), 'cam')
+    # relative: the published depth is the model's, divided by its sampled median
+    assert result.depth.shape == result.model_depth.shape == (24, 32)
+    assert sample_median(result.depth) == pytest.approx(1.0)
+    np.testing.assert_allclose(result.depth * sample_median(result.model_depth),
+                               result.model_depth, rtol=1e-5)
+    # the camera of that depth: the same rescale and rays the node publishes
+    reference = depth_camera(pinhole(), WIDTH, HEIGHT, 32, 24, RayCache(), True)
+    assert result.camera.info == reference.info and result.camera.info.width == 32
+    np.testing.assert_array_equal(result.camera.rays, reference.rays)
+    # scale mode multiplies; camera_height without a camera publishes nothing, saying why
+    scaled = stack.pipeline.process(rgb, 2, None, OutputSettings(depth_mode='scale',
+                                                                 depth_scale=3.0))
+    np.testing.assert_allclose(scaled.depth, 3.0 * scaled.model_depth, rtol=1e-6)
+    height = stack.pipeline.process(rgb, 3, None, OutputSettings(depth_mode='camera_height'),
+                                    no_camera='none received on /cam/camera_info yet')
+    assert height.depth is None and 'none received on /cam/camera_info yet' in height.no_scale
+    warned = dict((kind, text) for kind, text, _ in frame_warnings(
+        height, OutputSettings(depth_mode='camera_height'), '/cam/camera_info'))
+    assert 'no depth in camera_height mode' in warned['no_camera_info']
+
+
+def test_a_new_version_swaps_in_before_the_frame_it_serves(stack):
+    state, meta = tiny(seed=4)
+    version = stack.store.publish(state, meta)
+    versions = [stack.pipeline.process(frame(), 1).version]
+    deadline = time.monotonic() + 60
+    while versions[-1] != version and time.monotonic() < deadline:
+        time.sleep(0.02)  # the converter builds the new version aside
+        versions.append(stack.pipeline.process(frame(), 1).version)
+    # Every frame is one version's; the new one serves from the frame after its conversion.
+    assert versions[0] == 1 and versions[-1] == version and set(versions) == {1, version}
+
+
+def test_output_size_is_bounded_with_the_aspect_kept():
+    assert bounded_output_size(480, 640, OutputSettings()) == (480, 640, '')
+    height, width, note = bounded_output_size(480, 640, OutputSettings(
+        output_width=8192, max_output_pixels=2_000_000))
+    assert height * width <= 2_000_000 and abs(width / height - 8192 / 480) < 0.05
+    assert 'more than max_output_pixels 2000000' in note
+
+
+def test_adaptation_sees_each_frame_after_its_prediction_and_learns_the_camera():
+    built = build_stack(*tiny(flow_branch=True), StackSettings(
+        backend='eager', threads=1, adapt=True, adapter_config=AdapterConfig(threads=0)))
+    try:
+        first = built.pipeline.process(frame(0), 0, pinhole(), frame_id='cam')
+        second = built.pipeline.process(np.roll(frame(0), 3, axis=1), 100_000_000, pinhole(),
+                                        frame_id='cam')
+        # The pair buffer saw each frame after its prediction (the first has no pair yet).
+        assert first.pair == 'first' and second.pair in ('paired', 'held_out', 'static')
+        assert built.adapter.camera.frame_id == 'cam' and built.adapter.camera.K is not None
+        assert built.adapter.camera_K is not None  # the calibrated loss may use K now
+    finally:
+        built.close()
