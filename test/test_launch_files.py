@@ -10,7 +10,6 @@ import fnmatch
 import importlib
 import importlib.util
 import os
-import py_compile
 import runpy
 import sys
 import time
@@ -137,10 +136,6 @@ def declared_parameters(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------
 # Tests
 # ----------------------------------------------------------------------------------------------
-def test_launch_file_compiles():
-    py_compile.compile(str(LAUNCH_FILE), doraise=True)
-
-
 def test_launch_starts_the_installed_depth_node(setup_kwargs):
     scripts = setup_kwargs['entry_points']['console_scripts']
     assert 'depth_node = structflow_ros.ros.entry:depth_node' in scripts

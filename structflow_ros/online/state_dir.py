@@ -131,6 +131,8 @@ def weights_fingerprint(state_dict) -> str:
 class AdaptationStateDir:
     """Atomic save / validated load of the last accepted adaptation state."""
 
+    _lock_fd = None  # until acquire(); also when __init__ refused the directory
+
     def __init__(self, directory):
         if not str(directory).strip():
             raise ValueError('the adaptation state directory is empty; give a directory path')
