@@ -38,6 +38,19 @@ _domain_ids = itertools.cycle(range(_DOMAIN_BASE, _DOMAIN_BASE + 20))
 os.environ['ROS_DOMAIN_ID'] = str(next(_domain_ids))
 
 
+def pytest_collection_modifyitems(config, items):
+    """STRUCTFLOW_SKIP_SLOW=1 leaves out the long tests (`slow`): CI's second pass (colcon test,
+    scripts/colcon_check.sh) sets it, since `make test` ran them already. An environment
+    variable, not `-m`: colcon sets PYTEST_ADDOPTS itself and quoting through its
+    --pytest-args is fragile."""
+    if os.environ.get('STRUCTFLOW_SKIP_SLOW') != '1':
+        return
+    slow = [item for item in items if item.get_closest_marker('slow') is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker('slow') is None]
+
+
 @pytest.fixture
 def ros_env(monkeypatch, tmp_path):
     """Give this test a fresh ROS domain and log dir; returns the environment for children."""

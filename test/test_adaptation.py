@@ -20,7 +20,7 @@ from structflow_ros.core.metrics import depth_metrics
 from structflow_ros.core.training import set_trainable
 from structflow_ros.data.synthetic.render import render_sequence
 from structflow_ros.online.adapter import ADAPTER_THREAD_NAME, AdapterConfig, OnlineAdapter
-from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, ScoringPairs,
+from structflow_ros.online.gate import (DepthGate, ForgettingProbe, GateConfig, ScoringPairs,
                                         criterion_scores, inverse_depth)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
@@ -132,7 +132,7 @@ def test_a_degraded_encoder_that_fools_the_criterion_is_refused_by_the_source_pr
     criterion_only = DepthGate(GateConfig(margin=0.01, min_pairs=4))
     fooled = criterion_only.judge(study_model, fooling, pairs)
     assert fooled.candidate_score < fooled.served_score  # the criterion alone is fooled
-    probe = DepthProbe.synthetic(96, 320, frames_per_domain=3)
+    probe = ForgettingProbe.synthetic(96, 320, frames_per_domain=3)
     guarded = DepthGate(GateConfig(margin=0.01, min_pairs=4), probe, study_model)
     decision = guarded.judge(study_model, fooling, pairs)
     assert not decision.accepted and 'forgetting' in decision.reason, decision.reason
@@ -151,8 +151,8 @@ def test_gate_refuses_non_finite_too_few_pairs_and_forgetting(study_model, drive
     assert not decision.accepted and 'only 2 held-out pairs (need 4)' in decision.reason
 
     # A candidate better on the live pairs but worse on the source probe is forgetting.
-    probe = DepthProbe(pairs.frame0, np.stack([d for d, _ in drive_pairs[1]]),
-                       np.stack([v for _, v in drive_pairs[1]]))
+    probe = ForgettingProbe(pairs.frame0, np.stack([d for d, _ in drive_pairs[1]]),
+                            np.stack([v for _, v in drive_pairs[1]]))
     strict = DepthGate(GateConfig(min_pairs=4, margin=0.01, source_tolerance=0.0), probe,
                        study_model)
     strict.source_reference = probe.abs_rel(study_model) * 0.5  # the candidate is "worse" than it

@@ -29,7 +29,7 @@ import torch
 from structflow_ros.core.checkpoint import load_state_strict, read_checkpoint
 from structflow_ros.core.networks import build_model
 from structflow_ros.online.adapter import AdapterConfig, OnlineAdapter, network_intrinsics
-from structflow_ros.online.gate import (CRITERIA, DepthProbe, GateConfig, ScoringPairs,
+from structflow_ros.online.gate import (CRITERIA, ForgettingProbe, GateConfig, ScoringPairs,
                                         criterion_scores)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.stack import StackSettings, build_stack
@@ -193,7 +193,7 @@ def gate_study(args):
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    probe = DepthProbe.synthetic(*size)  # the gate's source probe, as the adapter builds it
+    probe = ForgettingProbe.synthetic(*size)  # the gate's source probe, as the adapter builds it
     base = full_model(base_state, config)
     probe_base = probe.abs_rel(base)
     for stream_name in args.streams:

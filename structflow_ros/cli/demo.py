@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from structflow_ros.cli.arguments import size_at_least
 from structflow_ros.demo.inputs import DemoInputError, load_frames, open_input, resolve_weights
 from structflow_ros.demo.report import print_metrics, write_report
 from structflow_ros.progress import progress_bar
@@ -40,18 +41,6 @@ DEFAULT_SEED = 24       # the fog drive `structflow evaluate` reports on
 NAMESPACE = '/structflow_demo'
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 INTERRUPT_DRAIN_S = 5.0  # after Ctrl-C, how long the replies to frames already sent may take
-
-
-def parse_size(text):
-    """'320x96' -> (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'--size must be WIDTHxHEIGHT such as 320x96 or '
-                                         f'640x192, got {text!r}') from None
-    if width < 32 or height < 32:
-        raise argparse.ArgumentTypeError(f'--size must be at least 32x32, got {text!r}')
-    return height, width
 
 
 def get_args_parser():
@@ -66,7 +55,7 @@ def get_args_parser():
                         help='synthetic domain (default: $DEMO_DOMAIN or fog, held out of '
                              'training)')
     parser.add_argument('--seed', type=int, default=DEFAULT_SEED, help='synthetic drive seed')
-    parser.add_argument('--size', type=parse_size, default=(96, 320),
+    parser.add_argument('--size', type=size_at_least(32), default=(96, 320),
                         help='synthetic camera WIDTHxHEIGHT (default 320x96)')
     parser.add_argument('--max-width', type=int, default=640,
                         help='source frames wider than this are scaled down (default 640: '

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from structflow_ros.cli.arguments import parse_size
 from structflow_ros.data.synthetic import domains as synthetic_domains
 
 FORMATS = ('folder', 'bag')
@@ -32,18 +33,6 @@ INFO_TOPIC = '/camera/camera_info'
 DEPTH_TOPIC = '/camera/depth_gt'
 FRAME_ID = 'camera'
 PREVIEW_ROWS = 4
-
-
-def parse_size(text: str):
-    """'320x96' -> (width, height)."""
-    try:
-        width, height = (int(part) for part in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'--size must be WIDTHxHEIGHT such as 320x96 or 640x192, got {text!r}') from None
-    if width < 8 or height < 8:
-        raise argparse.ArgumentTypeError(f'--size must be at least 8x8, got {text!r}')
-    return width, height
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -214,7 +203,7 @@ def main(args) -> int:
     try:
         names = synthetic_domains.parse_domains(
             [part for item in args.domain for part in item.split(',')])
-        width, height = args.size if args.size is not None else (args.width, args.height)
+        height, width = args.size if args.size is not None else (args.height, args.width)
         if args.frames < 1:
             raise RenderCliError(f'--frames must be >= 1, got {args.frames}')
         if width < 8 or height < 8:

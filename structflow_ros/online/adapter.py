@@ -38,7 +38,7 @@ from structflow_ros.core.training import (L2SP, TRAINABLE_CHOICES, TrainStepConf
                                           train_step)
 from structflow_ros.core.checkpoint import load_state_strict
 from structflow_ros.online.probe import check_predictor
-from structflow_ros.online.gate import (DepthGate, DepthProbe, GateConfig, ScoringPairs,
+from structflow_ros.online.gate import (DepthGate, ForgettingProbe, GateConfig, ScoringPairs,
                                         rigid_reprojection_error)
 from structflow_ros.online.state_dir import (AdaptationStateDir, CameraIdentity,
                                              camera_mismatch, weights_fingerprint)
@@ -140,7 +140,7 @@ def network_intrinsics(K, image_size, network_size):
     return K
 
 
-class SourceReplay:
+class SourceRehearsal:
     """Synthetic source-domain pairs with frame 0's depth, rendered in-process once."""
 
     def __init__(self, height, width, domains, frames_per_domain, seed=7100):
@@ -261,12 +261,12 @@ class OnlineAdapter:
         if self.gate is not None:
             return
         height, width = self.model_config.height, self.model_config.width
-        probe = DepthProbe.synthetic(height, width) if self.config.source_probe else None
+        probe = ForgettingProbe.synthetic(height, width) if self.config.source_probe else None
         base = self._new_model(self.base_state).to(self.device)
         self.gate = DepthGate(self.config.gate, probe, base)
         if self.config.source_replay > 0:
-            self.source = SourceReplay(height, width, self.config.source_domains,
-                                       self.config.source_frames_per_domain)
+            self.source = SourceRehearsal(height, width, self.config.source_domains,
+                                          self.config.source_frames_per_domain)
 
     # ------------------------------------------------------------------------------------------
     # Synchronous API (the thread, replay, benchmarks and tests call these)

@@ -248,7 +248,7 @@ def criterion_scores(model, pairs: ScoringPairs, criteria=CRITERIA) -> Dict[str,
 
 
 @dataclass
-class DepthProbe:
+class ForgettingProbe:
     """Frames with exact depth (B, 3, H, W uint8; B, H, W metres; valid mask) to measure
     forgetting: the source domain the shipped model was trained on."""
 
@@ -336,7 +336,7 @@ class GateDecision:
 class DepthGate:
     """Judges candidates against the served version; see the module docstring."""
 
-    def __init__(self, config: GateConfig, probe: Optional[DepthProbe] = None,
+    def __init__(self, config: GateConfig, probe: Optional[ForgettingProbe] = None,
                  reference_model=None):
         self.config = config
         self.probe = probe

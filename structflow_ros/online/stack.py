@@ -12,11 +12,14 @@ import torch
 
 from structflow_ros.core.backends import serving_torch_threads
 
-from structflow_ros.online.adapter import OnlineAdapter
+from structflow_ros.core.checkpoint import CheckpointError
+from structflow_ros.online.adapter import (NODE_PARAMETERS, OnlineAdapter,
+                                           adapter_config_from_node_parameters)
 from structflow_ros.online.pair_buffer import PairBuffer, PairBufferConfig
 from structflow_ros.online.pipeline import FramePipeline
-from structflow_ros.online.server import DepthServer
-from structflow_ros.online.state_dir import StateDirBusy
+from structflow_ros.online.server import (DepthServer, NotServableError, read_serving_checkpoint,
+                                          resolve_weights_path)
+from structflow_ros.online.state_dir import StateDirBusy, resolve_state_dir
 from structflow_ros.online.weight_store import VersionedWeightStore
 
 
@@ -97,3 +100,42 @@ def build_stack(state_dict, meta, settings: StackSettings) -> Stack:
             adapter.stop()  # releases its state directory
         raise
     return Stack(store, server, FramePipeline(server, buffer, adapter), adapter, buffer, refused)
+
+
+class StackError(RuntimeError):
+    """The node's parameters do not give a stack that can serve; the message says what to
+    fix (the weights, the device, adaptation)."""
+
+
+def stack_from_parameters(param, node_name, device, log=None):
+    """The node's stack from its parameters (`param(name)` -> value): the weights read and
+    checked, adaptation set up from the adapt_* values, the state directory resolved for
+    `node_name`. Returns (stack, weights_path); raises StackError."""
+    weights_path = resolve_weights_path(param('weights'))
+    try:
+        state_dict, meta = read_serving_checkpoint(weights_path)
+    except CheckpointError as error:
+        hint = ('' if param('weights') else " (the 'weights' parameter is empty, so the shipped "
+                'default model was used; set weights:=<checkpoint file>)')
+        raise StackError(f'cannot load weights {weights_path}: {error}{hint}') from None
+    adapt = param('adapt')
+    if adapt and not meta['model_config'].flow_branch:
+        raise StackError(f'adapt:=true needs weights with the flow branch; {weights_path} has '
+                         'none (depth path only)')
+    threads = param('threads')
+    try:
+        stack = build_stack(state_dict, meta, StackSettings(
+            device=device, input_size=(param('input_height'), param('input_width')),
+            backend=param('backend'), threads=threads, network_aspect=param('network_aspect'),
+            adapt=adapt, adapter_config=adapter_config_from_node_parameters(
+                {name: param(name) for name in (*NODE_PARAMETERS, 'adapt_gate')}),
+            adapt_state_dir=resolve_state_dir(param('adapt_state_dir'), node_name),
+            adapt_resume=param('adapt_resume'), serve_when_state_busy=True, log=log))
+    except NotServableError as error:
+        raise StackError(f'weights {weights_path} cannot serve: {error}') from None
+    except (ValueError, OSError) as error:  # adaptation: a bad state directory
+        raise StackError(f'cannot start adaptation: {error}') from None
+    except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
+        raise StackError(f'cannot put the model from {weights_path} on {device}: '
+                         f'{error}') from None
+    return stack, weights_path

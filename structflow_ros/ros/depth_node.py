@@ -7,17 +7,13 @@ Subscribes `image` (sensor_msgs/Image, or CompressedImage with input_compressed:
 `camera_info`; publishes `depth` (32FC1), `depth/colored` (bgr8), `depth/camera_info`,
 `depth/points` (PointCloud2 xyz + rgb), each with the input image's header, and /diagnostics.
 
-Threads: the executor (a MultiThreadedExecutor: the image callbacks and the diagnostics timer in
-the default callback group, the services in their own reentrant group so a reload or a save never
-delays a frame; the slow calls run on their own worker, one per kind, a second request answered
-'busy' at once: structflow_ros/online/service_calls.py), one inference thread, the depth
-server's converter thread and, with `adapt:=true`, the adaptation thread
-(structflow_ros/online/adapter.py). The image callback only drops the frame into a single-slot,
-drop-oldest buffer; the inference thread decodes, runs the model and
-publishes. New weights (from ~/reload_weights now, from on-robot adaptation later) are published
-as a new version into a VersionedWeightStore; the converter thread builds them for the serving
-backend aside and the inference thread swaps the reference between two frames
-(structflow_ros/online/server.py); the served module is never mutated.
+This module only translates messages. The per-frame path (swap, predict, camera, units, pairs)
+is online/pipeline.py, built with the weights, the server and adaptation by online/stack.py;
+the services' work is online/control.py. Threads: the executor (images and the diagnostics
+timer in the default group; the services in a reentrant group, their slow work on its own
+worker: online/service_calls.py), one inference thread (the image callback only drops the frame
+into a single-slot, drop-oldest buffer), the server's converter thread and, with adapt:=true,
+the adaptation thread.
 """
 import sys
 import threading
@@ -35,17 +31,13 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray
 from std_srvs.srv import SetBool, Trigger
 
-from structflow_ros.core.checkpoint import CheckpointError
 from structflow_ros.core.inference import resolve_device
 from structflow_ros.data import image_codec
-from structflow_ros.online.adapter import NODE_PARAMETERS, adapter_config_from_node_parameters
 from structflow_ros.online.frame_slot import LatestFrameSlot
 from structflow_ros.online.pipeline import OUTPUT_SETTINGS, OutputSettings, frame_warnings
 from structflow_ros.online.control import ServingControl
-from structflow_ros.online.state_dir import resolve_state_dir
-from structflow_ros.online.server import (NotServableError, read_serving_checkpoint,
-                                          resolve_weights_path)
-from structflow_ros.online.stack import StackSettings, build_stack
+from structflow_ros.online.server import resolve_weights_path
+from structflow_ros.online.stack import StackError, stack_from_parameters
 from structflow_ros.ros import conversions
 from structflow_ros.ros.camera_info_source import CameraInfoSource
 from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array, serving_health
@@ -104,37 +96,11 @@ class DepthNode(Node):
             self.device = resolve_device(self._param('device'))
         except ValueError as error:
             raise StartupError(str(error)) from None
-        self.weights_path = resolve_weights_path(self._param('weights'))
         try:
-            state_dict, meta = read_serving_checkpoint(self.weights_path)
-        except CheckpointError as error:
-            hint = ('' if self._param('weights') else
-                    " (the 'weights' parameter is empty, so the shipped default model was "
-                    'used; set weights:=<checkpoint file>)')
-            raise StartupError(f'cannot load weights {self.weights_path}: {error}{hint}') from None
-        adapt = self._param('adapt')
-        if adapt and not meta['model_config'].flow_branch:
-            raise StartupError(f'adapt:=true needs weights with the flow branch; '
-                               f'{self.weights_path} has none (depth path only)')
-        try:
-            self.stack = build_stack(state_dict, meta, StackSettings(
-                device=self.device, input_size=self._input_size(),
-                backend=self._param('backend'), threads=self._threads,
-                network_aspect=self._param('network_aspect'), adapt=adapt,
-                adapter_config=adapter_config_from_node_parameters(
-                    {name: self._param(name) for name in (*NODE_PARAMETERS, 'adapt_gate')}),
-                adapt_state_dir=resolve_state_dir(self._param('adapt_state_dir'),
-                                                  self.get_fully_qualified_name()),
-                adapt_resume=self._param('adapt_resume'), serve_when_state_busy=True,
-                log=self._log))
-        except NotServableError as error:
-            raise StartupError(f'weights {self.weights_path} cannot serve: {error}') from None
-        except (ValueError, OSError) as error:  # adaptation: no flow branch, a bad directory
-            raise StartupError(f'cannot start adaptation: {error}') from None
-        except RuntimeError as error:  # CUDA out of memory, a broken driver, ...
-            raise StartupError(f'cannot put the model from {self.weights_path} on '
-                               f'{self.device}: {error}') from None
-        del state_dict
+            self.stack, self.weights_path = stack_from_parameters(
+                self._param, self.get_fully_qualified_name(), self.device, self._log)
+        except StackError as error:
+            raise StartupError(str(error)) from None
         if self.stack.adaptation_refused:
             # Depth is the product: serve it, but never adapt in another camera's directory.
             self.get_logger().error(f'adaptation not started: {self.stack.adaptation_refused}; '
@@ -176,16 +142,13 @@ class DepthNode(Node):
         # taken and answered, the ones that find their kind running at once.
         service_qos = QoSProfile(depth=SERVICE_QUEUE_DEPTH,
                                  reliability=ReliabilityPolicy.RELIABLE)
-        self._reload_srv = self.create_service(Trigger, '~/reload_weights', self._on_reload,
-                                               qos_profile=service_qos,
-                                               callback_group=self._service_group)
-        self._adapt_srvs = [
-            self.create_service(SetBool, '~/adaptation/enable', self._on_adapt_enable,
-                                qos_profile=service_qos, callback_group=self._service_group),
-            self.create_service(Trigger, '~/adaptation/reset', self._on_adapt_reset,
-                                qos_profile=service_qos, callback_group=self._service_group),
-            self.create_service(Trigger, '~/adaptation/save', self._on_adapt_save,
-                                qos_profile=service_qos, callback_group=self._service_group)]
+        self._services = [
+            self.create_service(kind, name, handler, qos_profile=service_qos,
+                                callback_group=self._service_group)
+            for kind, name, handler in ((Trigger, '~/reload_weights', self._on_reload),
+                                        (SetBool, '~/adaptation/enable', self._on_adapt_enable),
+                                        (Trigger, '~/adaptation/reset', self._on_adapt_reset),
+                                        (Trigger, '~/adaptation/save', self._on_adapt_save))]
         # On the steady clock: with use_sim_time and no /clock (a bag not playing yet), ROS
         # time stands at 0 and a ROS-time timer would never fire, hiding the node's health.
         self._diag_timer = self.create_timer(self._param('diagnostics_period'),
@@ -233,9 +196,6 @@ class DepthNode(Node):
     # ------------------------------------------------------------------------------------------
     def _param(self, name):
         return self.get_parameter(name).value
-
-    def _input_size(self):
-        return self._param('input_height'), self._param('input_width')
 
     def _on_set_parameters(self, parameters):
         current = {name: param.value for name, param in self._parameters.items()}
