@@ -142,7 +142,7 @@ class DepthNode(Node):
         # taken and answered, the ones that find their kind running at once.
         service_qos = QoSProfile(depth=SERVICE_QUEUE_DEPTH,
                                  reliability=ReliabilityPolicy.RELIABLE)
-        self._services = [
+        self._service_handles = [
             self.create_service(kind, name, handler, qos_profile=service_qos,
                                 callback_group=self._service_group)
             for kind, name, handler in ((Trigger, '~/reload_weights', self._on_reload),
