@@ -4,14 +4,19 @@
         camera_info:=/camera/camera_info namespace:=cam0 rviz:=true
 
 Several cameras: one launch per camera with its own `namespace`. The node's outputs are
-`<namespace>/depth`, `depth/colored`, `depth/camera_info` and `depth/points`.
+`<namespace>/depth` (metres: depth_mode:=scale or camera_height) or `depth/relative` (unitless,
+the default depth_mode), `depth/colored`, `depth/camera_info` and `depth/points` (metres only).
+
+lifecycle:=true starts a managed node (unconfigured): bring it up with
+`ros2 lifecycle set /<namespace>/depth_node configure`, then `activate` (or a lifecycle
+manager).
 """
 import os
 import sys
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, UnlessCondition
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -95,6 +100,14 @@ def generate_launch_description():
                               description='How the network runs: auto, eager, bf16, fp16, '
                                           'onnxruntime, openvino or tensorrt (overrides '
                                           'params_file)'),
+        DeclareLaunchArgument('depth_mode', default_value='relative',
+                              description='relative (unitless, on depth/relative), scale '
+                                          '(metres = depth_scale x model) or camera_height '
+                                          '(metres from the ground plane): metres go to depth '
+                                          'and depth/points (overrides params_file)'),
+        DeclareLaunchArgument('lifecycle', default_value='false',
+                              description='A managed (lifecycle) node: starts unconfigured; '
+                                          'configure loads the model, activate serves'),
         DeclareLaunchArgument('adapt', default_value='false',
                               description='On-robot adaptation: keep training on the live '
                                           'camera and hot-swap gated versions (overrides '
@@ -108,7 +121,7 @@ def generate_launch_description():
         DeclareLaunchArgument('fixed_frame', default_value='camera_optical_frame',
                               description="RViz fixed frame: the camera images' frame_id"),
     ]
-    depth_node = Node(
+    node_settings = dict(
         package='structflow',
         executable='depth_node',
         name='depth_node',
@@ -116,12 +129,23 @@ def generate_launch_description():
         parameters=[LaunchConfiguration('params_file'),
                     {'device': LaunchConfiguration('device'),
                      'backend': LaunchConfiguration('backend'),
+                     'depth_mode': LaunchConfiguration('depth_mode'),
                      'adapt': LaunchConfiguration('adapt')}],
         remappings=[('image', LaunchConfiguration('camera')),
                     ('camera_info', LaunchConfiguration('camera_info'))],
         output='screen',
         emulate_tty=True,
     )
+    # The managed node is the same executable with --lifecycle, started as a plain launch Node:
+    # `ros2 lifecycle`, nav2's lifecycle manager and any other manager drive it through its
+    # lifecycle services. (launch_ros' LifecycleNode action would add launch-side transition
+    # events, at the price of a ROS context inside the launch process, whose Ctrl-C ends with
+    # "Cannot shutdown a ROS adapter that is not running" and exit code 1.)
+    lifecycle = LaunchConfiguration('lifecycle')
+    depth_nodes = [
+        Node(**node_settings, condition=UnlessCondition(lifecycle)),
+        Node(**node_settings, arguments=['--lifecycle'], condition=IfCondition(lifecycle)),
+    ]
     # RViz in the same namespace, so the relative topics of the config (depth/colored,
     # depth/points) resolve to this node's outputs.
     rviz = Node(
@@ -136,6 +160,6 @@ def generate_launch_description():
     )
     declared = [argument.name for argument in arguments]
     check = OpaqueFunction(function=_check_arguments, args=[declared])
-    on_exit = RegisterEventHandler(OnProcessExit(target_action=depth_node,
-                                                 on_exit=_node_exited))
-    return LaunchDescription(arguments + [check, on_exit, depth_node, rviz])
+    on_exit = [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_node_exited))
+               for node in depth_nodes]
+    return LaunchDescription(arguments + [check] + on_exit + depth_nodes + [rviz])

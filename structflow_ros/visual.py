@@ -28,15 +28,16 @@ def colormap_limits(depth, range_mode='percentile', fixed=(0.0, 5.0), percentile
 
 
 def colorize_depth(depth, limits, colormap='turbo'):
-    """Depth (H, W) -> bgr8 (H, W, 3); near is the warm/bright end, invalid pixels black."""
+    """Depth (H, W) -> bgr8 (H, W, 3); near is the warm/bright end. Invalid pixels (NaN, <= 0,
+    -Inf: REP-117's "too close") are black; +Inf (REP-117's "no return": beyond the range) takes
+    the far end, as the sky does."""
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap '{colormap}'; choose from {', '.join(COLORMAPS)}")
     low, high = limits
     with np.errstate(invalid='ignore'):
         scaled = (np.float32(high) - depth) * np.float32(255.0 / (high - low))  # near -> 255
         np.clip(scaled, 0, 255, out=scaled)
-        invalid = ~(depth > 0)  # NaN compares False: invalid too
-    invalid |= np.isinf(depth)
+        invalid = ~(depth > 0)  # NaN compares False: invalid too (+Inf clips to the far end)
     scaled[invalid] = 0
     bgr = cv2.applyColorMap(scaled.astype(np.uint8), getattr(cv2, 'COLORMAP_' + colormap.upper()))
     if invalid.any():

@@ -123,6 +123,6 @@ def node_diagnostics(client, namespace):
     """{key: value} of the newest /diagnostics status of the node in `namespace`."""
     for array in reversed(client.messages('/diagnostics')):
         for status in array.status:
-            if status.name.startswith(f'{namespace}/depth_node'):
+            if status.name == f'{namespace}/depth_node: depth':  # the one with the counters
                 return {kv.key: kv.value for kv in status.values}
     return None

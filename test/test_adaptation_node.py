@@ -147,7 +147,7 @@ def test_a_burst_of_80_service_calls_is_answered_while_frames_keep_flowing(adapt
     queue behind each other (30 answered in 60 s, no save, depth down to 6 Hz). Now every call
     is answered, those that find their kind running at once ('busy'), and depth keeps coming."""
     client = adapting.client
-    depth_topic = f'{NAMESPACE}/depth'
+    depth_topic = f'{NAMESPACE}/depth/relative'
     client.subscribe(depth_topic, Image)
     base = f'{NAMESPACE}/depth_node'
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -202,7 +202,7 @@ def test_faults_injected_into_a_running_adapting_node_leave_it_publishing(  # no
     from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
     client, process = adapting.client, adapting.process
-    depth_topic = f'{NAMESPACE}/depth'
+    depth_topic = f'{NAMESPACE}/depth/relative'
     client.subscribe(depth_topic, Image)
     node_name = f'{NAMESPACE}/depth_node'
 
@@ -290,7 +290,7 @@ def test_camera_stop_restart_and_resolution_change_are_handled(adapting):
     adaptation keeps training."""
     import cv2
     client, process = adapting.client, adapting.process
-    depth_topic = f'{NAMESPACE}/depth'
+    depth_topic = f'{NAMESPACE}/depth/relative'
     client.subscribe(depth_topic, Image)
     publisher = client.camera_publisher(IMAGE_TOPIC, Image)
     frames = [f.rgb for f in render_sequence('dusk', 12, 64, 96, seed=33)]

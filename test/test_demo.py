@@ -147,7 +147,7 @@ def test_video_source_then_ctrl_c_stops_node_and_keeps_a_partial_report(ros_env,
     watcher = Client(int(ros_env['ROS_DOMAIN_ID']))
     depth_seen = []
     watcher.node.create_subscription(
-        Image, f'{demo.NAMESPACE}/depth',
+        Image, f'{demo.NAMESPACE}/depth/relative',
         lambda msg: depth_seen.append(time.monotonic()), 50)
     try:
         with open(stderr_path, 'w') as stderr:

@@ -44,8 +44,10 @@ IN_HEIGHT, IN_WIDTH = 60, 80
 OUT_HEIGHT, OUT_WIDTH, DECIMATION = 48, 64, 3  # set in the YAML below, not the defaults
 START_TIMEOUT_S = 60.0  # import torch + rclpy + discovery on 2 busy cores
 FRAME_TIMEOUT_S = 20.0
-OUTPUTS = {'depth': Image, 'depth/colored': Image, 'depth/camera_info': CameraInfo,
-           'depth/points': PointCloud2}
+OUTPUTS = {'depth': Image, 'depth/relative': Image, 'depth/colored': Image,
+           'depth/camera_info': CameraInfo, 'depth/points': PointCloud2}
+METRIC_OUTPUTS = ['depth', 'depth/colored', 'depth/camera_info', 'depth/points']
+DEPTH_SCALE = 2.0  # node_a: metres per model unit (depth_mode scale)
 
 
 def make_tiny_checkpoint(path, seed):
@@ -171,7 +173,8 @@ def node_a(dds):
     # ~/reload_weights included, then runs through the export path over real DDS.
     process = start_node(dds, 'node_a', NAMESPACE, IMAGE_TOPIC, output_height=OUT_HEIGHT,
                          output_width=OUT_WIDTH, points_decimation=DECIMATION,
-                         max_image_pixels=1_000_000, backend='openvino', network_aspect='keep')
+                         max_image_pixels=1_000_000, backend='openvino', network_aspect='keep',
+                         depth_mode='scale', depth_scale=DEPTH_SCALE)
     client = dds.client
     publishers = SimpleNamespace(image=client.camera_publisher(IMAGE_TOPIC, Image),
                                  info=client.camera_publisher(INFO_TOPIC, CameraInfo))
@@ -200,12 +203,29 @@ def test_depth_arrives_for_every_encoding_with_the_input_header(node_a, encoding
     assert (depth_msg.height, depth_msg.width) == (OUT_HEIGHT, OUT_WIDTH)
     depth = conversions.image_msg_to_array(depth_msg)
     assert np.isfinite(depth).all() and (depth > 0).all()
-    assert np.median(depth) == pytest.approx(1.0, abs=0.01)  # relative: median 1.0 (sampled)
+
+
+def depth_image_proc_xyz(depth_msg, info):
+    """depth_image_proc's point_cloud_xyz maths (depth_image_proc/conversions.hpp convertDepth,
+    with image_geometry's PinholeCameraModel), reimplemented here since depth_image_proc has no
+    Python binding and no wheel: 32FC1 is metres as it is (DepthTraits<float>::toMeters is the
+    identity; 16UC1 would be millimetres); fx, fy, cx, cy come from the projection matrix P; a
+    non-finite depth gives a NaN point (range_max 0, the default)."""
+    assert depth_msg.encoding in ('32FC1', '16UC1')
+    depth = conversions.image_msg_to_array(depth_msg).astype(np.float64)
+    if depth_msg.encoding == '16UC1':
+        depth = np.where(depth > 0, depth * 1e-3, np.nan)
+    p = np.array(info.p).reshape(3, 4)
+    fx, fy, cx, cy = p[0, 0], p[1, 1], p[0, 2], p[1, 2]
+    v, u = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    valid = np.isfinite(depth)
+    z = np.where(valid, depth, np.nan)
+    return np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], axis=-1)  # (H, W, 3) metres
 
 
 def test_colored_camera_info_and_points_agree_with_depth(node_a):
     rgb, make = raw_frame('bgr8', index=3)
-    found = request(node_a.client, node_a.pub.image, make, list(OUTPUTS),
+    found = request(node_a.client, node_a.pub.image, make, METRIC_OUTPUTS,
                     info_publisher=node_a.pub.info, process=node_a.process)
     stamp = found['depth'].header.stamp
     for topic, msg in found.items():
@@ -242,6 +262,11 @@ def test_colored_camera_info_and_points_agree_with_depth(node_a):
     src_cols = ((cols + 0.5) * IN_WIDTH / OUT_WIDTH).astype(int)
     np.testing.assert_array_equal(conversions.unpack_rgb(cloud['rgb']),
                                   rgb[np.ix_(src_rows, src_cols)])  # bgr8 input, RGB points
+    # REP-118: what depth_image_proc makes of `depth` + `depth/camera_info` is the node's own
+    # cloud, in metres: depth_scale x the model's unit (depth_mode scale)
+    xyz = depth_image_proc_xyz(found['depth'], info)[np.ix_(rows, cols)]
+    for axis, name in enumerate('xyz'):
+        np.testing.assert_allclose(cloud[name], xyz[..., axis], rtol=1e-5, atol=1e-5)
 
 
 def test_parameters_from_yaml_and_remaps_take_effect(node_a):
@@ -259,7 +284,7 @@ def test_parameters_from_yaml_and_remaps_take_effect(node_a):
     response = client.wait_future(params.get_parameters(names), 10, 'get_parameters')
     values = dict(zip(names, map(parameter_value_to_python, response.values)))
     assert values == {'points_decimation': DECIMATION, 'output_width': OUT_WIDTH,
-                      'diagnostics_period': 0.2, 'depth_mode': 'relative', 'threads': 1}
+                      'diagnostics_period': 0.2, 'depth_mode': 'scale', 'threads': 1}
     # network_aspect:=keep: a portrait 60x120 camera runs at the network size of its own
     # aspect (128x64 for the 64x96 test model), not squashed to 64x96.
     portrait = synthetic_frame(120, 60, 0)
@@ -289,13 +314,12 @@ def test_bad_parameter_is_refused_and_live_ones_apply(node_a):
 
     result = set_one('depth_mode', 'metric')
     assert not result.successful and 'relative, scale, camera_height' in result.reason
-    assert get_one('depth_mode') == 'relative'
+    assert get_one('depth_mode') == 'scale'
     result = set_one('qos_reliability', 'reliable')
     assert not result.successful and 'read-only' in result.reason
     result = set_one('depth_scale', -1.0)
     assert not result.successful
     # A live change applies to the next frame: depth scales with depth_scale.
-    assert set_one('depth_mode', 'scale').successful
     depths = []
     for scale in (2.0, 4.0):
         assert set_one('depth_scale', scale).successful
@@ -304,7 +328,22 @@ def test_bad_parameter_is_refused_and_live_ones_apply(node_a):
         found = request(client, node_a.pub.image, make, ['depth'], process=node_a.process)
         depths.append(conversions.image_msg_to_array(found['depth']))
     np.testing.assert_allclose(depths[1], 2.0 * depths[0], rtol=1e-5)
+    # relative: unitless, median 1.0, on depth/relative; nothing on depth (REP-118: metres)
+    # and no points for that frame
     assert set_one('depth_mode', 'relative').successful
+    try:
+        _, make = raw_frame('rgb8', index=6)
+        found = request(client, node_a.pub.image, make, ['depth/relative', 'depth/colored'],
+                        info_publisher=node_a.pub.info, process=node_a.process)
+        relative = conversions.image_msg_to_array(found['depth/relative'])
+        assert relative.dtype == np.float32 and np.median(relative) == pytest.approx(1.0, abs=0.01)
+        stamp = found['depth/relative'].header.stamp
+        time.sleep(0.5)  # the frame's other outputs were published before depth/colored
+        for topic in ('depth', 'depth/points'):
+            assert client.find(f'{NAMESPACE}/{topic}', (stamp.sec, stamp.nanosec)) is None, topic
+    finally:
+        assert set_one('depth_mode', 'scale').successful
+        assert set_one('depth_scale', DEPTH_SCALE).successful
 
 
 def test_bad_inputs_are_dropped_counted_and_survived(node_a):
@@ -403,10 +442,11 @@ def test_compressed_input_side_by_side_and_clean_restart(node_a, dds):
                        <= set(client.node.get_node_names_and_namespaces()), 10.0,
                        'both depth nodes in the ROS graph', process)
             for fmt in (('jpeg', 'png') if run == 0 else ('jpeg',)):
-                found = request(client, publisher, compressed(fmt), ['depth'],
+                found = request(client, publisher, compressed(fmt), ['depth/relative'],
                                 namespace=COMPRESSED_NAMESPACE, process=process)
-                assert found['depth'].header.frame_id == FRAME_ID
-                assert (found['depth'].height, found['depth'].width) == (IN_HEIGHT, IN_WIDTH)
+                depth = found['depth/relative']  # node_b: the default depth_mode, relative
+                assert depth.header.frame_id == FRAME_ID
+                assert (depth.height, depth.width) == (IN_HEIGHT, IN_WIDTH)
             if run == 0:
                 truncated = make_image_msg(rgb, 'jpeg', client.new_header()).data[:200]
                 publish_until_counted(client, publisher, compressed('jpeg', truncated),
@@ -422,7 +462,7 @@ def test_compressed_input_side_by_side_and_clean_restart(node_a, dds):
                                       process, seen='premature end of data segment')
                 diagnostics = node_diagnostics(client, COMPRESSED_NAMESPACE)
                 assert counts(diagnostics['bad_input_by_kind'])['corrupt'] >= 2, diagnostics
-                request(client, publisher, compressed('jpeg'), ['depth'],
+                request(client, publisher, compressed('jpeg'), ['depth/relative'],
                         namespace=COMPRESSED_NAMESPACE, process=process)
         finally:
             code = process.stop()

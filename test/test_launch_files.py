@@ -31,7 +31,7 @@ LAUNCH_FILE = REPO_ROOT / 'launch' / 'depth.launch.py'
 PARAMS_FILE = REPO_ROOT / 'config' / 'structflow.yaml'
 RVIZ_FILE = REPO_ROOT / 'config' / 'structflow.rviz'
 REQUIRED_ARGUMENTS = {'camera', 'camera_info', 'namespace', 'params_file', 'device', 'backend',
-                      'adapt', 'rviz'}
+                      'adapt', 'rviz', 'depth_mode', 'lifecycle'}
 
 
 STANDINS = REPO_ROOT / 'test' / 'ros_standins'
@@ -152,6 +152,20 @@ def test_every_argument_is_declared_and_described(description):
     node = description.nodes['depth_node']
     assert node.node_package == 'structflow'
     assert set(description.nodes) == {'depth_node', 'rviz2'}
+    # lifecycle:=true swaps the plain node for a managed one (the same executable with
+    # --lifecycle); exactly one of the two runs whatever the argument says.
+    from launch import LaunchContext
+    from launch_ros.actions import Node
+    depth_nodes = [e for e in description.entities if isinstance(e, Node)
+                   and e.node_package == 'structflow']
+    assert len(depth_nodes) == 2
+    for value in ('true', 'false'):
+        context = LaunchContext()
+        context.launch_configurations['lifecycle'] = value
+        running = [e for e in depth_nodes if e.condition.evaluate(context)]
+        assert len(running) == 1, value
+        arguments = list(running[0]._Node__arguments or [])  # launch_ros keeps them private
+        assert arguments == (['--lifecycle'] if value == 'true' else []), value
 
 
 def test_params_file_and_rviz_config_are_installed(setup_kwargs):
@@ -183,7 +197,8 @@ def test_yaml_and_node_declare_the_same_parameters(declared_parameters):
     for name, value in from_yaml.items():
         assert type(value) is type(spec_defaults[name]), f'{name}: YAML type differs'
     values, _ = declared_parameters
-    builtin = {'use_sim_time', 'start_type_description_service'}
+    builtin = {'use_sim_time', 'start_type_description_service',  # rclpy's
+               'diagnostic_updater.period', 'diagnostic_updater.use_fqn'}  # the Updater's
     assert set(values) - builtin == set(from_yaml)
     overridden = {'weights', 'backend'}  # set by the fixture, not by the YAML
     assert {k: v for k, v in values.items() if k in from_yaml and k not in overridden} == {

@@ -41,7 +41,7 @@ def test_every_stamp_gets_its_depth_and_sim_time_without_clock_keeps_diagnostics
     namespace = f'/stamps_{sim_time}'
     image_topic, info_topic = f'{namespace}/image', f'{namespace}/camera_info'
     client = dds.client
-    client.subscribe(f'{namespace}/depth', Image)
+    client.subscribe(f'{namespace}/depth/relative', Image)
     client.subscribe('/diagnostics', DiagnosticArray)
     process = start(dds, f'stamps_{sim_time}', namespace, image_topic,
                     weights=tiny_flow_checkpoint(dds.tmp / 'stamps_flow.pt'), adapt=True,
@@ -63,12 +63,12 @@ def test_every_stamp_gets_its_depth_and_sim_time_without_clock_keeps_diagnostics
             info = pinhole_camera_info(64, 96, FRAME_ID)
             info.header = header
             msg = make_image_msg(frames[index], 'rgb8', header)
-            before = client.total(f'{namespace}/depth')
+            before = client.total(f'{namespace}/depth/relative')
             last = {'sent': -1.0}
 
             def arrived():
-                hit = client.find(f'{namespace}/depth', (sec, nanosec))
-                if hit is not None and client.total(f'{namespace}/depth') > before:
+                hit = client.find(f'{namespace}/depth/relative', (sec, nanosec))
+                if hit is not None and client.total(f'{namespace}/depth/relative') > before:
                     return True
                 if time.monotonic() - last['sent'] > 0.3:
                     last['sent'] = time.monotonic()
@@ -76,7 +76,7 @@ def test_every_stamp_gets_its_depth_and_sim_time_without_clock_keeps_diagnostics
                     images.publish(msg)
                 return False
             wait_until(arrived, 30, f'depth stamped {sec}.{nanosec:09d}', process)
-            depth = client.find(f'{namespace}/depth', (sec, nanosec))
+            depth = client.find(f'{namespace}/depth/relative', (sec, nanosec))
             values = np.frombuffer(depth.data, np.float32)
             assert np.isfinite(values).all() and (values > 0).all()
         values = node_diagnostics(client, namespace)

@@ -49,21 +49,21 @@ context = Context()
 rclpy.init(context=context)
 node = DepthNode(context=context, parameter_overrides=[
     Parameter('weights', value=weights), Parameter('backend', value='eager'),
-    Parameter('threads', value=1)])
+    Parameter('threads', value=1), Parameter('depth_mode', value='scale')])  # points: metres
 sink = rclpy.create_node('sink', context=context)
 received = {}
 for topic, kind in (('depth', Image), ('depth/colored', Image), ('depth/points', PointCloud2)):
     sink.create_subscription(kind, '/' + topic, lambda m, t=topic: received.update(
         {t: (m.width, m.height)}), 1)
 deadline = time.monotonic() + 20
-while node._outputs['depth/points'].get_subscription_count() < 1 and time.monotonic() < deadline:
+while node.outputs.publishers['depth/points'].get_subscription_count() < 1 and time.monotonic() < deadline:
     time.sleep(0.05)
 node._camera_info._remember(pinhole_camera_info(480, 640, 'cam'))
 rgb = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
 published = []
-real_publish = node._outputs['depth'].publish
-node._outputs['depth'].publish = lambda msg: (published.append((msg.width, msg.height)),
-                                              real_publish(msg))
+real_publish = node.outputs.publishers['depth'].publish
+node.outputs.publishers['depth'].publish = lambda msg: (
+    published.append((msg.width, msg.height)), real_publish(msg))
 
 def frames(count):
     for index in range(count):
@@ -93,7 +93,7 @@ node.set_parameters([Parameter('max_output_pixels', value=2_000_000)])
 set_size(8192, 0)
 frames(1)
 out['clamped_size'] = published[-1]
-out['points'] = node._outputs['depth/points'].get_subscription_count()
+out['points'] = node.outputs.publishers['depth/points'].get_subscription_count()
 node.destroy_node()
 rclpy.try_shutdown(context=context)
 print('RESULT ' + json.dumps(out))

@@ -12,7 +12,7 @@ from structflow_ros.online.adapter import AdapterConfig
 from structflow_ros.online.camera import CameraModel, RayCache, depth_camera
 from structflow_ros.online.pipeline import OutputSettings, bounded_output_size, frame_warnings
 from structflow_ros.online.stack import StackSettings, build_stack
-from structflow_ros.online.units import sample_median
+from structflow_ros.online.units import mark_invalid, sample_median
 
 HEIGHT, WIDTH = 48, 64
 
@@ -51,14 +51,21 @@ def test_units_camera_and_points_come_out_of_one_call(stack):
     assert sample_median(result.depth) == pytest.approx(1.0)
     np.testing.assert_allclose(result.depth * sample_median(result.model_depth),
                                result.model_depth, rtol=1e-5)
-    # the camera of that depth: the same rescale and rays the node publishes
+    # unitless depth goes to depth/relative and makes no points (REP-118: depth is metres)
+    assert result.topic == 'depth/relative' and result.camera.rays is None
+    # the camera of that depth: the same rescale the node publishes, and in a metric mode the
+    # rays of its points
     reference = depth_camera(pinhole(), WIDTH, HEIGHT, 32, 24, RayCache(), True)
     assert result.camera.info == reference.info and result.camera.info.width == 32
-    np.testing.assert_array_equal(result.camera.rays, reference.rays)
+    metric = stack.pipeline.process(rgb, 1, pinhole(), OutputSettings(
+        output_height=24, output_width=32, depth_mode='scale', depth_scale=2.0), 'cam')
+    assert metric.topic == 'depth' and metric.camera.info == reference.info
+    np.testing.assert_array_equal(metric.camera.rays, reference.rays)
     # scale mode multiplies; camera_height without a camera publishes nothing, saying why
     scaled = stack.pipeline.process(rgb, 2, None, OutputSettings(depth_mode='scale',
                                                                  depth_scale=3.0))
     np.testing.assert_allclose(scaled.depth, 3.0 * scaled.model_depth, rtol=1e-6)
+    assert scaled.topic == 'depth' and scaled.invalid == (0, 0)
     height = stack.pipeline.process(rgb, 3, None, OutputSettings(depth_mode='camera_height'),
                                     no_camera='none received on /cam/camera_info yet')
     assert height.depth is None and 'none received on /cam/camera_info yet' in height.no_scale
@@ -100,3 +107,31 @@ def test_adaptation_sees_each_frame_after_its_prediction_and_learns_the_camera()
         assert built.adapter.camera_K is not None  # the calibrated loss may use K now
     finally:
         built.close()
+
+
+def test_invalid_pixels_follow_rep117():
+    """NaN where the model gave no depth, +Inf ("no return") where it saturated at its far
+    limit; the rest untouched, whatever the unit."""
+    model = np.array([[1.0, 50.0, 99.95, 100.0], [np.nan, 0.0, np.inf, 2.0]], np.float32)
+    published = model * np.float32(0.5)
+    nan, far = mark_invalid(published, model, far_limit=100.0)
+    assert (nan, far) == (3, 2)  # NaN, 0 and +Inf from the model; 99.95 and 100 saturated
+    np.testing.assert_array_equal(published[0, :2], [0.5, 25.0])
+    assert np.isposinf(published[0, 2:]).all() and np.isnan(published[1, :3]).all()
+    assert published[1, 3] == 1.0
+
+
+def test_a_saturated_network_publishes_no_return(stack):
+    """A model at its far end everywhere (a blank sky) publishes +Inf, not its far limit times
+    depth_scale as if that were a distance."""
+    served = stack.server.served
+    far = served.predictor.max_depth
+    original = served.predictor.predict
+    served.predictor.predict = lambda rgb: np.full((HEIGHT, WIDTH), far, np.float32)
+    try:
+        result = stack.pipeline.process(frame(), 5, pinhole(), OutputSettings(
+            depth_mode='scale', depth_scale=0.1))
+    finally:
+        served.predictor.predict = original
+    assert result.invalid == (0, HEIGHT * WIDTH) and np.isposinf(result.depth).all()
+    assert np.isfinite(result.model_depth).all()  # the metrics keep the model's own values

@@ -91,7 +91,7 @@ def test_flood_640x480_at_200hz_keeps_memory_flat_and_the_node_responsive(  # no
         dds, camera_qos, node_qos, flood_s):
     topic, namespace = f'/flood_{camera_qos}/image', f'/flood_{camera_qos}'
     client = dds.client
-    client.subscribe(f'{namespace}/depth', Image)
+    client.subscribe(f'{namespace}/depth/relative', Image)
     client.subscribe('/diagnostics', DiagnosticArray)
     weights = make_tiny_checkpoint(dds.tmp / 'flood_tiny.pt', seed=5)
     node = start(dds, f'flood_node_{camera_qos}', namespace, topic, weights=weights,
@@ -157,7 +157,7 @@ def test_flood_640x480_at_200hz_keeps_memory_flat_and_the_node_responsive(  # no
             publisher.publish(make_image_msg(rgb, 'rgb8', header))
             time.sleep(0.1)
             return any(m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec in ours
-                       for m in client.messages(f'{namespace}/depth')[-5:])
+                       for m in client.messages(f'{namespace}/depth/relative')[-5:])
         wait_until(answered, TRANSPORT_RECOVERY_S, 'depth for a normal frame after the flood',
                    node)
         print(f'first depth {time.monotonic() - started:.1f} s after the flood ended')
@@ -174,7 +174,7 @@ def test_soak_with_adaptation_on_stays_flat_and_persists_every_accepted_version(
     topic, namespace = '/soak_cam/image', '/soak'
     client = dds.client
     client.subscribe('/diagnostics', DiagnosticArray)
-    client.subscribe(f'{namespace}/depth', Image)
+    client.subscribe(f'{namespace}/depth/relative', Image)
     state_dir = dds.tmp / 'soak_state'
     node = start(dds, 'soak_node', namespace, topic,
                  weights=tiny_flow_checkpoint(dds.tmp / 'soak_flow.pt'), adapt=True,
@@ -229,7 +229,7 @@ def test_soak_with_adaptation_on_stays_flat_and_persists_every_accepted_version(
         if accepted:
             assert read_checkpoint(state_file)['version'] == int(
                 values['adaptation_published_version'])
-        depth = client.messages(f'{namespace}/depth')
+        depth = client.messages(f'{namespace}/depth/relative')
         assert depth and all(np.isfinite(np.frombuffer(bytes(m.data), np.float32)).all()
                              for m in depth[-10:])
     finally:

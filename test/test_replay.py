@@ -105,11 +105,13 @@ def test_output_bag_reads_with_rosbags_and_mcap_ros2(tmp_path, weights, drive):
     bag = write_bag(tmp_path / 'bag', drive[:4], storage='sqlite3')
     out = tmp_path / 'report'
     assert run(bag, '--gt-depth-topic', GT, '--weights', weights, '--backend', 'eager',
-               '--device', 'cpu', '--out', out, '--no-video') == 0
+               '--device', 'cpu', '--out', out, '--no-video', '--depth-mode', 'scale',
+               '--depth-scale', '2') == 0
     topics = bag_io.list_topics(out / 'bag')
     for topic in (IMAGE, INFO, GT, '/structflow/depth', '/structflow/depth/colored',
                   '/structflow/depth/camera_info', '/structflow/depth/points'):
         assert topic in topics, topics
+    assert '/structflow/depth/relative' not in topics  # metres on depth, nothing unitless
     depths = [msg for _, _, msg in bag_io.read_messages(out / 'bag', '/structflow/depth')]
     assert len(depths) == 4
     depth = bag_io.decode_depth_msg(depths[0])
@@ -277,5 +279,7 @@ def test_ctrl_c_writes_the_partial_report_and_a_valid_bag(tmp_path, weights, dri
     assert f'interrupted: partial report in {out}' in stdout
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['interrupted'] and 3 <= summary['frames'] < 80
-    depths = list(bag_io.read_messages(out / 'bag', '/structflow/depth'))
+    topics = bag_io.list_topics(out / 'bag')
+    assert '/structflow/depth' not in topics and '/structflow/depth/points' not in topics
+    depths = list(bag_io.read_messages(out / 'bag', '/structflow/depth/relative'))
     assert len(depths) == summary['frames']  # the bag was closed: every message readable

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.ros
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE, INFO = '/identity/image_raw', '/identity/camera_info'
 HEIGHT, WIDTH, FRAMES, DECIMATION = 64, 96, 5, 2
+DEPTH_SCALE = 2.5  # metres per model unit, in the replay and the node alike
 D = [-0.12, 0.03, 0.001, -0.0015, 0.0]
 
 
@@ -56,8 +57,9 @@ def test_replay_writes_exactly_what_the_node_publishes(dds, tmp_path):  # noqa: 
     done = subprocess.run(
         [sys.executable, '-m', 'structflow_ros.cli.main', 'replay', str(bag), '--weights',
          str(weights), '--backend', 'eager', '--threads', '1', '--device', 'cpu',
-         '--points-decimation', str(DECIMATION), '--out', str(out), '--no-video',
-         '--no-progress'], env=dds.env, capture_output=True, text=True, timeout=600)
+         '--points-decimation', str(DECIMATION), '--depth-mode', 'scale', '--depth-scale',
+         str(DEPTH_SCALE), '--out', str(out), '--no-video', '--no-progress'],
+        env=dds.env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     replayed = {}
     for _, topic, msg in bag_io.read_messages(out / 'bag'):
@@ -65,14 +67,15 @@ def test_replay_writes_exactly_what_the_node_publishes(dds, tmp_path):  # noqa: 
             replayed.setdefault(bag_io.header_stamp_ns(msg), {})[topic] = msg
     assert len(replayed) == FRAMES
 
-    # The node: same weights, backend, threads and points_decimation.
+    # The node: same weights, backend, threads, units and points_decimation (metres: the
+    # points come with metric depth only).
     namespace = '/identity'
     client = dds.client
     for topic, kind in (('depth', Image), ('depth/camera_info', CameraInfo),
                         ('depth/points', PointCloud2)):
         client.subscribe(f'{namespace}/{topic}', kind)
     process = start(dds, 'identity_node', namespace, IMAGE, weights=weights,
-                    points_decimation=DECIMATION)
+                    points_decimation=DECIMATION, depth_mode='scale', depth_scale=DEPTH_SCALE)
     try:
         info_pub = client.camera_publisher(INFO, CameraInfo)
         image_pub = client.camera_publisher(IMAGE, Image)

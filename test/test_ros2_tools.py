@@ -31,7 +31,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from structflow_ros.ros.image_publisher import make_image_msg, pinhole_camera_info
 
-from dds_helpers import FRAME_ID, Client, LoggedProcess, wait_until
+from dds_helpers import FRAME_ID, Client, LoggedProcess, node_diagnostics, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_WHEELS = REPO_ROOT.parent / 'shared' / 'wheels'
@@ -204,7 +204,7 @@ def test_two_launches_side_by_side_with_every_argument_then_ctrl_c(ws, client):
     launch arguments and the params_file reach the node; Ctrl-C stops a launch cleanly."""
     launches = {}
     for side in ('front', 'rear'):
-        client.subscribe(f'/{side}/depth', Image)
+        client.subscribe(f'/{side}/depth/relative', Image)
         client.subscribe(f'/{side}/depth/camera_info', CameraInfo)
         yaml_path = params_file(ws, f'{side}_params', colormap='jet')
         launches[side] = Started(ws, (
@@ -219,13 +219,13 @@ def test_two_launches_side_by_side_with_every_argument_then_ctrl_c(ws, client):
         info = pinhole_camera_info(HEIGHT, WIDTH, FRAME_ID)
         for _ in range(3):
             info_publisher.publish(info)
-        stamp = depth_for_frame(client, '/front_cam/image_raw', '/front/depth',
+        stamp = depth_for_frame(client, '/front_cam/image_raw', '/front/depth/relative',
                                 launches['front'], index=1)
         time.sleep(1.0)  # anything that would cross over has had time to arrive
-        assert client.find('/rear/depth', stamp) is None, 'rear node served the front camera'
-        stamp = depth_for_frame(client, '/rear_cam/image_raw', '/rear/depth', launches['rear'],
-                                index=2)
-        assert client.find('/front/depth', stamp) is None, 'front node served the rear camera'
+        assert client.find('/rear/depth/relative', stamp) is None, 'rear served the front camera'
+        stamp = depth_for_frame(client, '/rear_cam/image_raw', '/rear/depth/relative',
+                                launches['rear'], index=2)
+        assert client.find('/front/depth/relative', stamp) is None, 'front served the rear camera'
 
         code, out = ros2(ws, f'param get {NO_DAEMON} /front/depth_node backend')
         assert code == 0 and 'String value is: eager' in out, out  # launch argument
@@ -240,7 +240,8 @@ def test_two_launches_side_by_side_with_every_argument_then_ctrl_c(ws, client):
         wait_until(lambda: '/front/depth_node' not in {
             f"{ns.rstrip('/')}/{n}" for n, ns in client.node.get_node_names_and_namespaces()},
             20, 'the front node to leave the graph')
-        depth_for_frame(client, '/rear_cam/image_raw', '/rear/depth', launches['rear'], index=3)
+        depth_for_frame(client, '/rear_cam/image_raw', '/rear/depth/relative', launches['rear'],
+                        index=3)
     finally:
         for launch in launches.values():
             launch.interrupt()
@@ -269,11 +270,74 @@ def test_rviz_true_without_rviz2_fails_clearly_and_does_not_hang(ws):
     launch.wait_for_failure('rviz2 is not installed')
 
 
+@pytest.mark.slow
+def test_ros2_lifecycle_set_walks_the_managed_node_through_its_states(ws, client):
+    """lifecycle:=true: unconfigured -> configure (model loaded, nothing subscribed) ->
+    activate (depth in metres) -> deactivate (no output, model kept) -> activate -> cleanup ->
+    shutdown, each by the real `ros2 lifecycle` command over DDS."""
+    name, camera = '/managed/depth_node', '/managed_cam/image'
+    client.subscribe('/managed/depth', Image)
+    launch = Started(ws, 'ros2 launch structflow depth.launch.py lifecycle:=true '
+                         f'namespace:=managed camera:={camera} device:=cpu backend:=eager '
+                         'depth_mode:=scale rviz:=false', 'launch_lifecycle')
+
+    def lifecycle(verb, *words, expect):
+        code, out = ros2(ws, f"lifecycle {verb} {NO_DAEMON} {name} {' '.join(words)}",
+                         timeout=120)
+        assert code == 0 and expect in out, f'ros2 lifecycle {verb} {words}: {out}'
+
+    def lifecycle_state():
+        values = node_diagnostics(client, '/managed') or {}
+        return values.get('lifecycle_state')
+
+    try:
+        wait_for_node(client, name, launch)
+        lifecycle('get', expect='unconfigured [1]')
+        assert client.node.count_subscribers(camera) == 0
+        lifecycle('set', 'configure', expect='Transitioning successful')
+        lifecycle('get', expect='inactive [2]')
+        wait_until(lambda: lifecycle_state() == 'inactive', 10, '/diagnostics: inactive', launch)
+        assert client.node.count_subscribers(camera) == 0  # the model is loaded, no input yet
+        version = node_diagnostics(client, '/managed')['serving_version']
+
+        lifecycle('set', 'activate', expect='Transitioning successful')
+        depth_for_frame(client, camera, '/managed/depth', launch, index=1, timeout=60)
+
+        lifecycle('set', 'deactivate', expect='Transitioning successful')
+        lifecycle('get', expect='inactive [2]')
+        wait_until(lambda: client.node.count_subscribers(camera) == 0, 10,
+                   'the image subscription gone on deactivate', launch)
+        publisher = client.camera_publisher(camera, Image)
+        msg, header = frame_message(client, 2)
+        for _ in range(5):
+            publisher.publish(msg)
+            time.sleep(0.2)
+        assert client.find('/managed/depth', (header.stamp.sec, header.stamp.nanosec)) is None
+        client.node.destroy_publisher(publisher)
+        wait_until(lambda: lifecycle_state() == 'inactive', 10, '/diagnostics: inactive', launch)
+        assert node_diagnostics(client, '/managed')['serving_version'] == version  # model kept
+
+        lifecycle('set', 'activate', expect='Transitioning successful')
+        depth_for_frame(client, camera, '/managed/depth', launch, index=3, timeout=60)
+        lifecycle('set', 'deactivate', expect='Transitioning successful')
+        lifecycle('set', 'cleanup', expect='Transitioning successful')
+        lifecycle('get', expect='unconfigured [1]')
+        code, out = ros2(ws, f'service call {name}/reload_weights std_srvs/srv/Trigger',
+                         timeout=90)
+        assert 'success=False' in out and 'not configured' in out, out  # answered all the same
+        lifecycle('set', 'shutdown', expect='Transitioning successful')
+        lifecycle('get', expect='finalized [4]')
+        assert launch.interrupt() == 0, launch.output()[-3000:]
+        assert 'Traceback' not in launch.output(), launch.output()[-3000:]
+    finally:
+        launch.interrupt()
+
+
 # ----------------------------------------------------------------------------------------------
 # ros2 run and the CLI verbs
 # ----------------------------------------------------------------------------------------------
 def test_ros2_run_and_param_service_topic_verbs(ws, client):
-    client.subscribe('/runner/depth', Image)
+    client.subscribe('/runner/depth/relative', Image)
     share_yaml = ws / 'install' / 'structflow' / 'share' / 'structflow' / 'config' / \
         'structflow.yaml'
     node = Started(ws, f'ros2 run structflow depth_node --ros-args --params-file {share_yaml} '
@@ -298,7 +362,7 @@ def test_ros2_run_and_param_service_topic_verbs(ws, client):
                              'std_srvs/srv/Trigger', timeout=90)
         assert code == 0 and 'success=True' in out and 'version 2' in out, out
 
-        depth_for_frame(client, '/runner_cam/image', '/runner/depth', node)
+        depth_for_frame(client, '/runner_cam/image', '/runner/depth/relative', node)
 
         def camera():  # 10 Hz while `ros2 topic hz` listens
             publisher = client.camera_publisher('/runner_cam/image', Image)
@@ -307,7 +371,7 @@ def test_ros2_run_and_param_service_topic_verbs(ws, client):
                 publisher.publish(frame_message(client, index)[0])
                 index += 1
         threading.Thread(target=camera, daemon=True).start()
-        hz = Started(ws, 'ros2 topic hz /runner/depth --window 20', 'topic_hz')
+        hz = Started(ws, 'ros2 topic hz /runner/depth/relative --window 20', 'topic_hz')
         deadline = time.monotonic() + 40
         while 'average rate' not in hz.output() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -341,11 +405,11 @@ def test_readme_robot_section_as_written(ws, client):
             launch.wait_for_failure('rviz2 is not installed')
     finally:
         launch.interrupt()
-    client.subscribe('/depth', Image)
+    client.subscribe('/depth/relative', Image)
     run = Started(ws, commands[1] + ' -p device:=cpu -p backend:=eager', 'readme_run')
     try:
         wait_for_node(client, '/depth_node', run)
-        depth_for_frame(client, '/camera/image_raw', '/depth', run)
+        depth_for_frame(client, '/camera/image_raw', '/depth/relative', run)
         assert run.interrupt() == 0, run.output()[-3000:]
     finally:
         run.interrupt()

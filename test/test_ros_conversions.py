@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -31,7 +32,8 @@ from structflow_ros.online.units import (DepthScaler, GroundFitConfig, ScaleUnav
                                          fit_ground_plane)
 from structflow_ros.online.weight_store import VersionedWeightStore
 from structflow_ros.ros import conversions
-from structflow_ros.ros.diagnostics import RateMeter, ServingStats, make_diagnostic_array
+from structflow_ros.ros import diagnostics as diagnostics_module
+from structflow_ros.ros.diagnostics import RateMeter, ServingStats
 from structflow_ros.ros.image_publisher import pinhole_camera_info
 from structflow_ros.ros.params import PARAMETERS, validate
 
@@ -143,16 +145,18 @@ def test_depth_image_round_trip_keeps_header_and_values():
 
 
 def test_colorize_maps_near_to_the_warm_end_and_invalid_to_black():
-    depth = np.array([[1.0, 2.0, 3.0, np.nan, 0.0, 10.0]], dtype=np.float32)
+    depth = np.array([[1.0, 2.0, 3.0, np.nan, 0.0, 10.0, np.inf, -np.inf]], dtype=np.float32)
     limits = conversions.colormap_limits(depth, 'fixed', (1.0, 3.0))
     assert limits == (1.0, 3.0)
     bgr = conversions.colorize_depth(depth, limits, 'turbo')
-    assert bgr.shape == (1, 6, 3) and bgr.dtype == np.uint8
+    assert bgr.shape == (1, 8, 3) and bgr.dtype == np.uint8
     turbo = cv2.applyColorMap(np.array([[255, 0]], np.uint8), cv2.COLORMAP_TURBO)
     np.testing.assert_array_equal(bgr[0, 0], turbo[0, 0])  # nearest = top of the map
     np.testing.assert_array_equal(bgr[0, 2], turbo[0, 1])  # farthest = bottom
     np.testing.assert_array_equal(bgr[0, 5], turbo[0, 1])  # beyond the range: clipped
     assert not bgr[0, 3].any() and not bgr[0, 4].any()  # NaN and 0: black
+    np.testing.assert_array_equal(bgr[0, 6], turbo[0, 1])  # +Inf, no return: far (REP-117)
+    assert not bgr[0, 7].any()  # -Inf, too close to measure: black
     assert bgr[0, 0, 2] > bgr[0, 0, 0]  # near is red-ish (B, G, R)
     percentile = conversions.colormap_limits(
         np.linspace(1, 100, 40000, dtype=np.float32).reshape(200, 200), 'percentile',
@@ -390,7 +394,7 @@ def test_serving_checkpoint_is_validated_strictly(tmp_path, tiny_weights):
 # ----------------------------------------------------------------------------------------------
 # Statistics, parameters
 # ----------------------------------------------------------------------------------------------
-def test_stats_snapshot_and_diagnostics_message():
+def test_stats_snapshot_and_rates():
     stats = ServingStats()
     for index in range(20):
         stats.record_input(now=index * 0.1)
@@ -408,11 +412,8 @@ def test_stats_snapshot_and_diagnostics_message():
     meter = RateMeter(window_s=2.0)
     for index in range(30):
         meter.tick(index * 0.1)
-    assert meter.rate(2.9) == pytest.approx(10.0) and meter.rate(10.0) == 0.0
-    array = make_diagnostic_array(Header().stamp, 'node', 'cpu', snap, {'device': 'cpu'})
-    values = {kv.key: kv.value for kv in array.status[0].values}
-    assert values['dropped_bad_input'] == '1' and values['bad_input_by_kind'] == 'corrupt=1'
-    assert values['device'] == 'cpu' and values['model_version'] == '2'
+    assert meter.rate(2.9) == pytest.approx(10.0) and meter.events(2.9) in (20, 21)  # ~2 s
+    assert meter.rate(10.0) == 0.0 and meter.events(10.0) == 0
 
 
 def test_parameter_validation_reasons():
@@ -444,6 +445,73 @@ def in_process_node(ros_env, tiny_weights):
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def _statuses(array):
+    return {status.name: status for status in array.status}
+
+
+def test_diagnostics_by_the_convention_with_a_faithful_fallback(in_process_node, monkeypatch):
+    """/diagnostics through diagnostic_updater (hardware_id, FrequencyStatus's levels and keys,
+    latency levels); without diagnostic_updater the same statuses, levels and keys."""
+    if diagnostics_module.diagnostic_updater is None:
+        pytest.skip('diagnostic_updater is not installed (make venv installs it from '
+                    '../shared/wheels; every ROS 2 install has it)')
+    node = in_process_node
+    node._camera_info._remember(pinhole_camera_info(48, 64, 'cam'))
+    rgb = random_rgb(48, 64)
+    for index in range(6):
+        node.stats.record_input()
+        node._process(Image(height=48, width=64, encoding='rgb8', step=64 * 3,
+                            data=rgb.tobytes()), time.monotonic())
+        time.sleep(0.05)
+
+    def capture(diagnostics):
+        sent = []
+        target = diagnostics.updater.publisher if diagnostics.updater else diagnostics._publisher
+        monkeypatch.setattr(target, 'publish', sent.append)
+        diagnostics.publish()
+        return _statuses(sent[-1])
+
+    with_updater = capture(node.diagnostics)
+    names = [f'/depth_node: {task}' for task in diagnostics_module.NodeDiagnostics.TASKS]
+    assert list(with_updater) == names
+    for status in with_updater.values():
+        assert status.hardware_id.startswith('cpu ') and '(' in status.hardware_id, status
+    depth = {kv.key: kv.value for kv in with_updater['/depth_node: depth'].values}
+    assert depth['lifecycle_state'] == 'active' and depth['frames_out'] == '6'
+    assert depth['diagnostics'] == 'diagnostic_updater'
+    rate = with_updater['/depth_node: input rate']
+    rate_values = {kv.key: kv.value for kv in rate.values}
+    assert rate.level == DiagnosticStatus.OK and rate.message == 'Desired frequency met'
+    assert float(rate_values['Actual frequency (Hz)']) > 1.0
+    assert float(rate_values['Minimum acceptable frequency (Hz)']) == pytest.approx(0.9)
+    assert with_updater['/depth_node: latency'].level == DiagnosticStatus.OK
+
+    # The bounds are live parameters.
+    assert all(r.successful for r in node.set_parameters([
+        Parameter('diagnostics_min_rate', value=500.0),
+        Parameter('diagnostics_latency_warn_ms', value=1.0)]))
+    bounded = capture(node.diagnostics)
+    assert bounded['/depth_node: input rate'].message == 'Frequency too low.'
+    assert bounded['/depth_node: input rate'].level == DiagnosticStatus.WARN
+    assert bounded['/depth_node: latency'].level == DiagnosticStatus.WARN
+    node.set_parameters([Parameter('diagnostics_latency_error_ms', value=1.0)])
+    assert capture(node.diagnostics)['/depth_node: latency'].level == DiagnosticStatus.ERROR
+
+    # Without diagnostic_updater: the same statuses, levels, hardware_id and keys.
+    monkeypatch.setattr(diagnostics_module, 'diagnostic_updater', None)
+    fallback = diagnostics_module.NodeDiagnostics(
+        node, 1.0, node.diagnostics_snapshot, node._health, node.stats.rates, node._bounds,
+        node.diagnostics.hardware_id)
+    own = capture(fallback)
+    reference = capture(node.diagnostics)
+    assert list(own) == list(reference) == names
+    for name in names:
+        assert own[name].level == reference[name].level, name
+        assert own[name].hardware_id == reference[name].hardware_id, name
+        keys = {kv.key for kv in own[name].values} - {'diagnostics'}
+        assert keys == {kv.key for kv in reference[name].values} - {'diagnostics'}, name
 
 
 def node_threads():
@@ -726,12 +794,15 @@ def test_a_bad_camera_info_costs_only_the_outputs_that_need_it(in_process_node):
         before = node.stats.snapshot()['frames_out']
         node._process(image, time.monotonic())
         assert node.stats.snapshot()['frames_out'] == before + 1, name
-        result = node.pipeline.process(rgb, 0, info, OutputSettings(48, 64))
+        result = node.pipeline.process(rgb, 0, info, OutputSettings(48, 64, depth_mode='scale'))
         assert result.camera.info is None and result.camera.rays is None, name
         assert result.depth is not None, name
-    result = node.pipeline.process(rgb, 0, pinhole_camera_info(48, 64, 'cam'),
-                                   OutputSettings(48, 64))
+    metric = OutputSettings(48, 64, depth_mode='scale')  # points (so rays) come with metres
+    result = node.pipeline.process(rgb, 0, pinhole_camera_info(48, 64, 'cam'), metric)
     assert result.camera.info is not None and np.isfinite(result.camera.rays).all()
+    relative = node.pipeline.process(rgb, 0, pinhole_camera_info(48, 64, 'cam'),
+                                     OutputSettings(48, 64))
+    assert relative.topic == 'depth/relative' and relative.camera.rays is None
 
 
 class _RecordingLogger:

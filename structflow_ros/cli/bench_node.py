@@ -181,14 +181,17 @@ def run_case(case, frames, K, args, weights, threads, domain_id, log_dir):
     params = write_params_file(log_dir / f'{name}.yaml', {
         'weights': str(weights), 'threads': threads, 'device': args.device,
         'backend': args.backend,
-        'publish_points': case['points'], 'diagnostics_period': 0.1})
+        'publish_points': case['points'], 'diagnostics_period': 0.1,
+        # points are made from metric depth only (REP-118): the cost measured is the same
+        'depth_mode': 'scale' if case['points'] else 'relative'})
     outputs = ('depth', 'depth/colored', 'depth/camera_info') + (
         ('depth/points',) if case['points'] else ())
     node = NodeProcess(node_ros_args(params, namespace), ros_env(domain_id, log_dir / name),
                        log_dir / f'{name}.log')
     client = None
     try:
-        client = DepthClient(domain_id, namespace, outputs, node_name='structflow_bench_camera')
+        client = DepthClient(domain_id, namespace, outputs, node_name='structflow_bench_camera',
+                             depth_mode='scale' if case['points'] else 'relative')
         client.wait_for_node(node, args.startup_timeout)
         info = camera_info_for(height, width, client.frame_id, K)
         messages = [client.make_image(rgb) for rgb in frames]

@@ -69,7 +69,10 @@ def get_args_parser():
     parser.add_argument('--params-file', default='',
                         help='node parameters YAML to start from (default: the node defaults)')
     parser.add_argument('--points', action='store_true',
-                        help='also have the node publish depth/points (and receive them)')
+                        help='also have the node publish depth/points (and receive them); '
+                        'points are metric only (REP-118), so without a depth_mode in '
+                        '--params-file the node serves depth_mode scale with depth_scale 1 '
+                        '(the model unit shown as metres)')
     parser.add_argument('--threads', type=int, default=0, help='node torch threads (0: default)')
     parser.add_argument('--device', default='auto', help='node device: auto, cpu, cuda, cuda:N')
     parser.add_argument('--ros-domain-id', type=int, default=None,
@@ -113,13 +116,19 @@ def run(args, load_frames_fn, weights, out, domain_id, progress):
     """
     from structflow_ros.ros.depth_client import DepthClient, camera_info_for
     from structflow_ros.tools.node_process import (NodeProcess, NodeStartError, node_ros_args,
-                                                   ros_env, write_params_file)
+                                                   params_file_value, ros_env,
+                                                   write_params_file)
     from structflow_ros.tools.run_summary import summarize_run
     parameters = {'weights': str(weights), 'publish_points': bool(args.points),
                   'threads': int(args.threads), 'device': args.device,
                   'diagnostics_period': 0.2}
+    if args.points and not (args.params_file and params_file_value(
+            write_params_file(out / 'node_params.yaml', {}, args.params_file),
+            'depth_mode')):
+        parameters['depth_mode'] = 'scale'  # points need metres (REP-118)
     params_file = write_params_file(out / 'node_params.yaml', parameters,
                                     args.params_file or None)
+    depth_mode = params_file_value(params_file, 'depth_mode', 'relative')
     env = ros_env(domain_id, out / 'ros_logs' / 'node')
     outputs = ('depth', 'depth/colored', 'depth/camera_info') + (
         ('depth/points',) if args.points else ())
@@ -132,7 +141,8 @@ def run(args, load_frames_fn, weights, out, domain_id, progress):
     client, before = None, None
     try:
         frames = result['frames'] = load_frames_fn()
-        client = DepthClient(domain_id, NAMESPACE, outputs, node_name='structflow_demo_camera')
+        client = DepthClient(domain_id, NAMESPACE, outputs, node_name='structflow_demo_camera',
+                             depth_mode=depth_mode)
         result['client'] = client
         print(f'waiting for the depth node (log: {node.log_path}) ...', file=sys.stderr)
         client.wait_for_node(node, args.startup_timeout)

@@ -9,7 +9,8 @@ One frame, in this order:
    max_output_pixels, aspect kept);
 3. camera: the camera's intrinsics rescaled to the depth image, and its rays when points or
    camera_height need them (online/camera.py); the adapter is told of a new calibration;
-4. units: the model's relative depth to the published unit (online/units.py, depth_mode);
+4. units: the model's relative depth to the published unit and topic (online/units.py,
+   depth_mode: metres on `depth`, unitless on `depth/relative`), invalid pixels as REP-117 says;
 5. pairs: the frame goes to the adaptation pair buffer *after* its prediction, so each frame
    is predicted by the version serving at that moment before the adapter can learn from it
    (honest adaptation numbers).
@@ -22,7 +23,8 @@ import numpy as np
 
 from structflow_ros.online.camera import DepthCamera, RayCache, depth_camera
 from structflow_ros.online.state_dir import CameraIdentity
-from structflow_ros.online.units import DepthScaler, ScaleUnavailable
+from structflow_ros.online.units import (DEPTH_TOPICS, DepthScaler, ScaleUnavailable, is_metric,
+                                         mark_invalid)
 
 
 @dataclass
@@ -34,7 +36,11 @@ class OutputSettings:
     depth_mode: str = 'relative'
     depth_scale: float = 1.0
     camera_height: float = 1.0
-    publish_points: bool = True
+    publish_points: bool = True  # only metric depth makes points (REP-118: metres)
+
+    @property
+    def points(self):
+        return self.publish_points and is_metric(self.depth_mode)
 
 
 OUTPUT_SETTINGS = tuple(f.name for f in fields(OutputSettings))
@@ -51,6 +57,8 @@ class FrameResult:
     no_scale: str = ''  # why `depth` is None (camera_height before a good ground fit)
     output_note: str = ''  # the asked output size was bounded (what and why)
     rays_missing: str = ''  # why there are no rays (when points or camera_height want them)
+    topic: str = 'depth'  # where `depth` goes: 'depth' (metres) or 'depth/relative'
+    invalid: Tuple[int, int] = (0, 0)  # pixels published as NaN and as +Inf (REP-117)
 
     @property
     def output_size(self) -> Tuple[int, int]:
@@ -105,8 +113,8 @@ class FramePipeline:
         model_depth = served.predictor.predict(rgb)
         model_s = time.perf_counter() - started
         result = FrameResult(None, model_depth, served.version, model_s, '',
-                             output_note=output_note)
-        need_rays = settings.publish_points or settings.depth_mode == 'camera_height'
+                             output_note=output_note, topic=DEPTH_TOPICS[settings.depth_mode])
+        need_rays = settings.points or settings.depth_mode == 'camera_height'
         if camera is None:
             result.rays_missing = no_camera
         else:
@@ -120,6 +128,10 @@ class FramePipeline:
         rays = result.camera.rays if result.camera is not None else None
         try:
             result.depth = self.scaler.apply(model_depth, rays, result.rays_missing)
+            if result.depth is model_depth:
+                result.depth = result.depth.copy()  # model_depth stays the model's
+            result.invalid = mark_invalid(result.depth, model_depth,
+                                          served.predictor.max_depth)
         except ScaleUnavailable as error:
             result.no_scale = str(error)
         if self.pair_buffer is not None:
@@ -148,7 +160,7 @@ def frame_warnings(result, settings, camera_topic, ray_note=''):
     node logs them; a size that changes every frame makes a new text every frame, so a set of
     warned texts would grow without bound and log every frame)."""
     height_mode = settings.depth_mode == 'camera_height'
-    need_rays = settings.publish_points or height_mode
+    need_rays = settings.points or height_mode
     no_height = ', and no depth in camera_height mode' if height_mode else ''
     warnings = []
     if result.output_note:

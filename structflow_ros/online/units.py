@@ -16,12 +16,39 @@ explicit:
   camera in model units). The per-frame scale is smoothed in log space, a frame whose fit fails
   reuses the last good scale, and no depth is published before the first good fit (never a
   frame in the wrong unit).
+
+Where each goes (REP-118: a depth image is 32FC1 in metres): the metric modes publish on
+`depth`, relative depth on `depth/relative` only, so that no consumer of `depth`
+(depth_image_proc, RViz DepthCloud, a costmap) can take unitless values for metres. Invalid
+pixels follow REP-117 in both (`mark_invalid`).
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 DEPTH_MODES = ('relative', 'scale', 'camera_height')
+# The topic (relative to the node) each depth_mode publishes its depth on.
+DEPTH_TOPICS = {'relative': 'depth/relative', 'scale': 'depth', 'camera_height': 'depth'}
+# A model depth within this fraction of the network's far limit is saturated: the network said
+# "as far as I can say" (sky, a horizon), not a distance.
+FAR_LIMIT_MARGIN = 1e-3
+
+
+def is_metric(mode):
+    return DEPTH_TOPICS[mode] == 'depth'
+
+
+def mark_invalid(depth, model_depth, far_limit):
+    """REP-117 values in a published depth image, in place: NaN where the model gave no finite
+    positive depth, +Inf ("no return", beyond the measurable range) where it saturated at its
+    far limit `far_limit` (model units). Nothing is ever too close for the network (its near
+    limit is a bound of the sigmoid, not a measurement), so -Inf never occurs. Returns how many
+    pixels became NaN and +Inf."""
+    nan = ~(np.isfinite(model_depth) & (model_depth > 0))
+    far = ~nan & (model_depth >= far_limit * (1.0 - FAR_LIMIT_MARGIN))
+    depth[nan] = np.nan
+    depth[far] = np.inf
+    return int(nan.sum()), int(far.sum())
 
 
 class ScaleUnavailable(RuntimeError):

@@ -1,5 +1,6 @@
-"""What a replay writes while it runs: the output bag (MCAP: the original topics plus depth,
-depth/colored, depth/camera_info, depth/points, so RViz or Foxglove can play it back) and the
+"""What a replay writes while it runs: the output bag (MCAP: the original topics plus the node's
+outputs: depth in metres or depth/relative (depth_mode), depth/colored, depth/camera_info,
+depth/points (metres only), so RViz or Foxglove can play it back) and the
 side-by-side video. Both are closed properly on every way out (a Ctrl-C included)."""
 from pathlib import Path
 
@@ -33,8 +34,8 @@ class OutputBag:
         stamp = frame.stamp_ns
         ns = self.namespace
         depth = result.depth
-        self.writer.write_image(f'{ns}/depth', stamp, depth.astype(np.float32), '32FC1',
-                                frame_id)
+        self.writer.write_image(f'{ns}/{result.topic}', stamp, depth.astype(np.float32),
+                                '32FC1', frame_id)
         self.writer.write_image(f'{ns}/depth/colored', stamp,
                                 cv2.cvtColor(colored, cv2.COLOR_BGR2RGB), 'bgr8', frame_id)
         self.messages += 2

@@ -33,6 +33,7 @@ from structflow_ros.ros.image_publisher import make_image_msg, pinhole_camera_in
 # The node process and the run summary live in their own modules (no rclpy there); the names
 # stay importable from here for the demo, the node benchmark and the tests.
 from structflow_ros.ros.qos import make_qos
+from structflow_ros.online.units import DEPTH_TOPICS
 from structflow_ros.tools.node_process import (NODE_MODULE, RANDOM_DOMAIN_RANGE,  # noqa: F401
                                                NodeProcess, NodeStartError, node_ros_args,
                                                pick_domain_id, ros_env, write_params_file)
@@ -95,12 +96,14 @@ class DepthClient:
 
     Every output message is stored as it arrives (stamp -> {topic: (receive time ns, msg)});
     nothing is decoded in the callbacks, so receiving costs the node's measurements nothing.
+    The output 'depth' is the node's depth image wherever its `depth_mode` publishes it
+    (`depth` in metres, `depth/relative` unitless: online/units.DEPTH_TOPICS).
     """
 
     def __init__(self, domain_id, namespace, outputs=('depth', 'depth/colored',
                                                       'depth/camera_info'),
                  camera_reliability='best_effort', frame_id='camera_optical_frame',
-                 node_name='structflow_camera'):
+                 node_name='structflow_camera', depth_mode='relative'):
         unknown = sorted(set(outputs) - set(OUTPUT_TYPES))
         if unknown:
             raise ValueError(f'unknown outputs {unknown}; the node publishes '
@@ -128,7 +131,8 @@ class DepthClient:
                                     durability=DurabilityPolicy.VOLATILE)
             self.subscriptions = {
                 topic: self.node.create_subscription(
-                    OUTPUT_TYPES[topic], f'{self.namespace}/{topic}',
+                    OUTPUT_TYPES[topic],
+                    f"{self.namespace}/{DEPTH_TOPICS[depth_mode] if topic == 'depth' else topic}",
                     lambda msg, topic=topic: self._on_output(topic, msg), output_qos)
                 for topic in self.outputs}
             self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
@@ -156,9 +160,9 @@ class DepthClient:
             self.output_counts[topic] += 1
 
     def _on_diagnostics(self, array):
-        prefix = f'{self.namespace}/depth_node'
+        name = f'{self.namespace}/depth_node: depth'  # the serving status, with every counter
         for status in array.status:
-            if status.name.startswith(prefix):
+            if status.name == name:
                 values = {kv.key: parse_diagnostic_value(kv.value) for kv in status.values}
                 with self._lock:
                     self.diagnostics.append((stamp_to_ns(array.header.stamp), values))

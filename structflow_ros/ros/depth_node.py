@@ -2,18 +2,24 @@
 
     ros2 run structflow depth_node --ros-args --params-file config/structflow.yaml \
         -r image:=/camera/image_raw -r camera_info:=/camera/camera_info
+    ros2 run structflow depth_node --lifecycle ...   # a managed node: starts unconfigured
 
 Subscribes `image` (sensor_msgs/Image, or CompressedImage with input_compressed:=true) and
-`camera_info`; publishes `depth` (32FC1), `depth/colored` (bgr8), `depth/camera_info`,
-`depth/points` (PointCloud2 xyz + rgb), each with the input image's header, and /diagnostics.
+`camera_info`; publishes depth in metres on `depth` (depth_mode scale or camera_height) or
+unitless on `depth/relative` (relative), `depth/colored`, `depth/camera_info`, `depth/points`
+(metres only), each with the input image's header (ros/outputs.py), and /diagnostics.
+
+Managed (`--lifecycle`, launch `lifecycle:=true`): configure loads the weights and backend and
+makes the publishers; activate subscribes and publishes; deactivate stops both and pauses
+adaptation, keeping the model; cleanup releases it all. Unmanaged, it configures and activates
+at once. Services and /diagnostics answer in every state.
 
 This module only translates messages. The per-frame path (swap, predict, camera, units, pairs)
 is online/pipeline.py, built with the weights, the server and adaptation by online/stack.py;
-the services' work is online/control.py. Threads: the executor (images and the diagnostics
-timer in the default group; the services in a reentrant group, their slow work on its own
-worker: online/service_calls.py), one inference thread (the image callback only drops the frame
-into a single-slot, drop-oldest buffer), the server's converter thread and, with adapt:=true,
-the adaptation thread.
+the services' work is online/control.py. Threads: the executor (images, the diagnostics timer;
+the services in a reentrant group, their slow work on its own worker), one inference thread
+(the image callback only drops the frame into a single-slot, drop-oldest buffer), the server's
+converter thread and, with adapt:=true, the adaptation thread.
 """
 import sys
 import threading
@@ -22,36 +28,38 @@ import time
 import rclpy
 import torch
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticStatus
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
 from structflow_ros.core.inference import resolve_device
 from structflow_ros.data import image_codec
+from structflow_ros.online.control import ServingControl
 from structflow_ros.online.frame_slot import LatestFrameSlot
 from structflow_ros.online.pipeline import OUTPUT_SETTINGS, OutputSettings, frame_warnings
-from structflow_ros.online.control import ServingControl
 from structflow_ros.online.server import resolve_weights_path
 from structflow_ros.online.stack import StackError, stack_from_parameters
+from structflow_ros.online.units import DEPTH_TOPICS
 from structflow_ros.ros import conversions
 from structflow_ros.ros.camera_info_source import CameraInfoSource
-from structflow_ros.ros.diagnostics import ServingStats, make_diagnostic_array, serving_health
-from structflow_ros.ros.params import PARAMETERS, validate
+from structflow_ros.ros.diagnostics import (DiagnosticBounds, NodeDiagnostics, ServingStats,
+                                            hardware_id, serving_health)
+from structflow_ros.ros.outputs import DepthOutputs
+from structflow_ros.ros.params import LIVE_OUTPUT_PARAMETERS, PARAMETERS, validate
 from structflow_ros.ros.qos import IncompatibleQosWarner, make_qos
 
 INFERENCE_THREAD_NAME = 'structflow-inference'
-# How often the idle inference thread looks for a new weight version (no frame needed to swap).
-IDLE_POLL_S = 0.05
+IDLE_POLL_S = 0.05  # how often the idle inference thread looks for a new weight version
 # Executor threads: images and the diagnostics timer (the default, mutually exclusive group),
 # one per slow-call kind that may be running (weights, save), one to answer everything else at
 # once (busy replies, enable, parameters) while those run.
 EXECUTOR_THREADS = 4
-SERVICE_QUEUE_DEPTH = 100
+SERVICE_QUEUE_DEPTH = 100  # a burst of calls (a script retrying in a loop) is each answered
 WARN_PERIOD_S = 5.0
 
 
@@ -59,29 +67,20 @@ class StartupError(RuntimeError):
     """The node cannot start (weights, device, parameters); the message says what to fix."""
 
 
-class DepthNode(Node):
-    """Depth from one camera; see the module docstring for topics and threads."""
+class DepthServing:
+    """The node's work, shared by DepthNode and ManagedDepthNode (mixed into an rclpy node)."""
 
-    def __init__(self, node_name='depth_node', **kwargs):
-        super().__init__(node_name, **kwargs)
+    def _init_serving(self):
         self.stats = ServingStats()
-        self._slot = LatestFrameSlot()
-        self._camera_info = None  # CameraInfoSource, made in _setup
-        self.stack = None  # online.stack.Stack: store, server, pipeline, adapter
+        self.stack = self.control = self.outputs = self.device = None
+        self._slot = self._thread = self._image_sub = self._camera_info = None
+        self.active = False
+        self._adapt_enabled = True  # the adapter's own switch, kept while inactive
         self._last_warned = {}
         self._bit_depth = image_codec.BitDepthEstimator()  # input_bit_depth 0 (auto)
-        self._thread = None
-        self._declaring = False
-        try:
-            self._setup()
-        except BaseException:
-            self.destroy_node()
-            raise
-
-    def _setup(self):
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        # While declaring, a missing weights file is left to the load below, whose error names
-        # the file and the reason in one line.
+        # While declaring, a missing weights file is left to configure, whose error names the
+        # file and the reason in one line.
         self._declaring = True
         try:
             for spec in PARAMETERS:
@@ -89,37 +88,53 @@ class DepthNode(Node):
         except Exception as error:  # rclpy's Invalid*Parameter*Exception family
             raise StartupError(f'invalid parameter: {error}') from None
         self._declaring = False
-        self._threads = self._param('threads')
-        if self._threads > 0:
-            torch.set_num_threads(self._threads)
+        self._qos_warner = IncompatibleQosWarner(self.get_logger())
+        # Services in a reentrant group: a second request while a reload or a save runs is
+        # taken by another executor thread and answered 'busy' at once (SlowCalls), so image
+        # callbacks always find a thread.
+        group = ReentrantCallbackGroup()
+        qos = QoSProfile(depth=SERVICE_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self._service_handles = [
+            self.create_service(kind, name, handler, qos_profile=qos, callback_group=group)
+            for kind, name, handler in ((Trigger, '~/reload_weights', self._on_reload),
+                                        (SetBool, '~/adaptation/enable', self._on_adapt_enable),
+                                        (Trigger, '~/adaptation/reset', self._on_adapt_reset),
+                                        (Trigger, '~/adaptation/save', self._on_adapt_save))]
+        self.diagnostics = NodeDiagnostics(
+            self, self._param('diagnostics_period'), self.diagnostics_snapshot, self._health,
+            lambda: self.stats.rates() if self.active else {}, self._bounds, 'none')
+
+    def _configure(self):
+        """Weights, backend, device, publishers, the inference thread (StartupError: why not)."""
+        if self._param('threads') > 0:
+            torch.set_num_threads(self._param('threads'))
         try:
             self.device = resolve_device(self._param('device'))
-        except ValueError as error:
-            raise StartupError(str(error)) from None
-        try:
             self.stack, self.weights_path = stack_from_parameters(
                 self._param, self.get_fully_qualified_name(), self.device, self._log)
-        except StackError as error:
+        except (ValueError, StackError) as error:
             raise StartupError(str(error)) from None
         if self.stack.adaptation_refused:
             # Depth is the product: serve it, but never adapt in another camera's directory.
             self.get_logger().error(f'adaptation not started: {self.stack.adaptation_refused}; '
                                     'serving without it')
-        version = self.server.served.version  # a resumed adapted state serves from the start
+        self.diagnostics.set_hardware_id(hardware_id(self.device))
         self.control = ServingControl(self.stack, lambda: self._thread.is_alive(), self._log)
-
-        self._qos_warner = IncompatibleQosWarner(self.get_logger())
-        in_reliability = self._param('qos_reliability')
         out_reliability = self._param('output_qos_reliability')
         out_qos = make_qos(out_reliability, 2)
-        self._outputs = {}
-        for topic, msg_type in (('depth', Image), ('depth/colored', Image),
-                                ('depth/camera_info', CameraInfo),
-                                ('depth/points', PointCloud2)):
-            self._outputs[topic] = self.create_publisher(
-                msg_type, topic, out_qos,
-                event_callbacks=self._qos_warner.publisher(topic, out_reliability))
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.outputs = DepthOutputs(
+            lambda kind, topic: self._create_output(kind, topic, out_qos, event_callbacks=(
+                self._qos_warner.publisher(topic, out_reliability))), self._destroy_output)
+        self._slot = LatestFrameSlot()
+        self._thread = threading.Thread(target=self._inference_loop, name=INFERENCE_THREAD_NAME,
+                                        daemon=True)
+        self._thread.start()
+        if self.stack.adapter is not None:
+            self.stack.adapter.set_enabled(False)  # until active: no frames, nothing to learn
+            self.stack.adapter.start()
+
+    def _activate(self):
+        reliability = self._param('qos_reliability')
         image_type = CompressedImage if self._param('input_compressed') else Image
         if image_type is CompressedImage and not image_codec.JPEG_DAMAGE_DETECTED:
             self.get_logger().warning(
@@ -127,49 +142,50 @@ class DepthNode(Node):
                 'damaged JPEG (cut, then closed with an end marker) with the lost part grey '
                 'instead of refusing it; pip install simplejpeg (requirements.txt)')
         self._image_sub = self.create_subscription(
-            image_type, 'image', self._on_image,
-            make_qos(in_reliability, self._param('qos_depth')),
-            event_callbacks=self._qos_warner.subscription('image', in_reliability))
+            image_type, 'image', self._on_image, make_qos(reliability, self._param('qos_depth')),
+            event_callbacks=self._qos_warner.subscription('image', reliability))
         # camera_info is always best effort: it then matches every camera driver, and losing
         # one of these (rarely changing) messages costs nothing.
         self._camera_info = CameraInfoSource(self, 'camera_info', make_qos('best_effort', 5))
-        self._info_sub = self._camera_info.subscription
-        # Services in their own reentrant group: a second request while a reload or a save runs
-        # is taken by another executor thread and answered 'busy' at once (SlowCalls), so at
-        # most one call per kind holds a thread and image callbacks always find one.
-        self._service_group = ReentrantCallbackGroup()
-        # A burst of requests (a script retrying in a loop) fits in the request queue: each is
-        # taken and answered, the ones that find their kind running at once.
-        service_qos = QoSProfile(depth=SERVICE_QUEUE_DEPTH,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-        self._service_handles = [
-            self.create_service(kind, name, handler, qos_profile=service_qos,
-                                callback_group=self._service_group)
-            for kind, name, handler in ((Trigger, '~/reload_weights', self._on_reload),
-                                        (SetBool, '~/adaptation/enable', self._on_adapt_enable),
-                                        (Trigger, '~/adaptation/reset', self._on_adapt_reset),
-                                        (Trigger, '~/adaptation/save', self._on_adapt_save))]
-        # On the steady clock: with use_sim_time and no /clock (a bag not playing yet), ROS
-        # time stands at 0 and a ROS-time timer would never fire, hiding the node's health.
-        self._diag_timer = self.create_timer(self._param('diagnostics_period'),
-                                             self._publish_diagnostics,
-                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
-
-        self._thread = threading.Thread(target=self._inference_loop, name=INFERENCE_THREAD_NAME,
-                                        daemon=True)
-        self._thread.start()
-        if self.adapter is not None:
-            self.adapter.start()
+        adapter = self.stack.adapter
+        if adapter is not None:
+            adapter.set_enabled(self._adapt_enabled)
+        self.active = True
+        mode = self._param('depth_mode')
         self.get_logger().info(
-            f'serving {self.weights_path} (version {version}) on {self.device} with backend '
-            f'{self.server.backend}; '
-            f'image: {self._image_sub.topic_name} ({image_type.__name__}, {in_reliability}), '
-            f"depth: {self._outputs['depth'].topic_name}, depth_mode "
-            f"{self._param('depth_mode')}; adaptation "
-            + (f"on (state in {self.adapter.state_dir.directory}; {self.adapter.resumed})"
-               if self.adapter is not None else
-               f'off ({self._adaptation_refused})' if self._adaptation_refused
-               else 'off (adapt:=true to enable)'))
+            f'serving {self.weights_path} (version {self.stack.server.served.version}) on '
+            f'{self.device} with backend {self.stack.server.backend}; image: '
+            f'{self._image_sub.topic_name} ({image_type.__name__}, {reliability}); depth_mode '
+            f'{mode}: depth on {self.outputs.topic_name(DEPTH_TOPICS[mode])}; '
+            'adaptation ' + (
+                f'on (state in {adapter.state_dir.directory}; {adapter.resumed})' if adapter
+                else f'off ({self.stack.adaptation_refused})' if self.stack.adaptation_refused
+                else 'off (adapt:=true to enable)'))
+
+    def _deactivate(self):
+        self.active = False
+        for subscription in (self._image_sub, getattr(self._camera_info, 'subscription', None)):
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._image_sub = self._camera_info = None
+        self._slot.get(timeout=0)  # a frame taken in before: not published any more
+        if self.stack.adapter is not None:
+            self._adapt_enabled = self.stack.adapter.enabled
+            self.stack.adapter.set_enabled(False)
+
+    def _cleanup(self):
+        """Back to unconfigured: threads stopped, model and publishers released (idempotent)."""
+        if self.active:
+            self._deactivate()
+        if self._slot is not None:
+            self._slot.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self.stack is not None:
+            self.stack.close()
+        if self.outputs is not None:
+            self.outputs.destroy()
+        self.stack = self.control = self.outputs = self._thread = None
 
     @property
     def server(self):
@@ -180,22 +196,22 @@ class DepthNode(Node):
         return self.stack.adapter if self.stack is not None else None
 
     @property
-    def weight_store(self):
-        return self.stack.store
-
-    @property
     def pipeline(self):
         return self.stack.pipeline
 
     @property
-    def _adaptation_refused(self):
-        return self.stack.adaptation_refused if self.stack is not None else ''
+    def weight_store(self):
+        return self.stack.store
 
-    # ------------------------------------------------------------------------------------------
-    # Parameters
-    # ------------------------------------------------------------------------------------------
+    # -- parameters ----------------------------------------------------------------------------
     def _param(self, name):
         return self.get_parameter(name).value
+
+    def _bounds(self):
+        return DiagnosticBounds(self._param('diagnostics_min_rate'),
+                                self._param('diagnostics_max_rate'),
+                                self._param('diagnostics_latency_warn_ms'),
+                                self._param('diagnostics_latency_error_ms'))
 
     def _on_set_parameters(self, parameters):
         current = {name: param.value for name, param in self._parameters.items()}
@@ -215,19 +231,7 @@ class DepthNode(Node):
             self.get_logger().info(self.adapter.set_lr(incoming['adapt_lr']))
         return SetParametersResult(successful=True)
 
-    def _live_settings(self):
-        """The live parameters, read once per frame (cheap dict lookups, no locks needed)."""
-        # OUTPUT_SETTINGS (online.pipeline.OutputSettings) among them
-        names = ('output_height', 'output_width', 'depth_mode', 'depth_scale', 'camera_height',
-                 'colormap', 'colormap_range', 'colormap_min', 'colormap_max',
-                 'colormap_percentile_low', 'colormap_percentile_high', 'publish_points',
-                 'points_decimation', 'max_image_pixels', 'max_output_pixels',
-                 'input_bit_depth')
-        return {name: self._param(name) for name in names}
-
-    # ------------------------------------------------------------------------------------------
-    # Callbacks (executor thread): never any heavy work here
-    # ------------------------------------------------------------------------------------------
+    # -- callbacks (executor threads): never any heavy work here --------------------------------
     def _on_image(self, msg):
         now = time.monotonic()
         self.stats.record_input(now)
@@ -238,10 +242,16 @@ class DepthNode(Node):
         """Fill `response` from `call()` -> (ok, message); any exception becomes a failed reply
         naming it (a handler is total: the node answers and goes on serving)."""
         try:
-            ok, message = call()
+            if self.control is None:
+                ok, message = False, ('the node is not configured (lifecycle state unconfigured): '
+                                      f'ros2 lifecycle set {self.get_fully_qualified_name()} '
+                                      'configure')
+            else:
+                ok, message = call()
         except Exception as error:  # noqa: BLE001 - total: every failure becomes a reply
+            version = self.server.served.version if self.server is not None else 0
             ok, message = False, (f'failed: {type(error).__name__}: {error}; the node goes on '
-                                  f'serving version {self._served_version()}')
+                                  f'serving version {version}')
         response.success, response.message = bool(ok), str(message)
         if message.startswith('busy:'):  # a burst of calls must not flood the log
             self._warn_throttled(f'busy:{service}', f'{service}: {message}')
@@ -249,11 +259,7 @@ class DepthNode(Node):
             self.get_logger().error(f'{service}: {message}')
         return response
 
-    def _served_version(self):
-        return self.server.served.version if self.server is not None else 0
-
     def _on_reload(self, request, response):
-        del request
         path = resolve_weights_path(self._param('weights'))  # re-read: it may have been set
         self._answer('~/reload_weights', response, lambda: self.control.reload(path))
         if response.success:
@@ -265,21 +271,18 @@ class DepthNode(Node):
                             lambda: self.control.enable(request.data))
 
     def _on_adapt_reset(self, request, response):
-        del request
         return self._answer('~/adaptation/reset', response, self.control.reset)
 
     def _on_adapt_save(self, request, response):
-        del request
         return self._answer('~/adaptation/save', response, self.control.save)
 
-    # ------------------------------------------------------------------------------------------
-    # Inference thread
-    # ------------------------------------------------------------------------------------------
+    # -- inference thread -----------------------------------------------------------------------
     def _inference_loop(self):
         self.stack.enter_serving_thread()
+        slot = self._slot
         while True:
-            item = self._slot.get(timeout=IDLE_POLL_S)
-            if self._slot.closed:
+            item = slot.get(timeout=IDLE_POLL_S)
+            if slot.closed:
                 return
             self.pipeline.between_frames()
             if item is None:
@@ -287,22 +290,25 @@ class DepthNode(Node):
             try:
                 self._process(*item)
             except Exception as error:  # noqa: BLE001 - keep serving, but say what failed
-                if self._slot.closed or not rclpy.ok(context=self.context):
+                if slot.closed or not rclpy.ok(context=self.context):
                     return  # shutting down: publishers are gone
                 self.stats.record_error(f'{type(error).__name__}: {error}')
                 self._warn_throttled('error', f'frame failed: {type(error).__name__}: {error}')
 
     def _process(self, msg, received):
         started = time.monotonic()
-        settings = self._live_settings()
+        settings = {name: self._param(name) for name in LIVE_OUTPUT_PARAMETERS}
         bit_depth = settings['input_bit_depth'] or self._bit_depth
         changes = len(self._bit_depth.changes)
+        camera_info = self._camera_info
+        if camera_info is None:
+            return  # deactivated while this frame waited
         try:
             rgb = conversions.image_msg_to_rgb(msg, settings['max_image_pixels'], bit_depth)
         except conversions.BadImageError as error:
             self.stats.record_bad_input(error.kind, str(error))
             self._warn_throttled(f'bad_input:{error.kind}',
-                                 f'dropped a bad frame on {self._image_sub.topic_name}: {error}')
+                                 f'dropped a bad frame on {self._image_topic()}: {error}')
             return
         if len(self._bit_depth.changes) > changes:
             bits, largest = self._bit_depth.changes[-1]
@@ -310,45 +316,33 @@ class DepthNode(Node):
                 f'{msg.encoding} input: largest sample so far {largest}, so {bits}-bit data '
                 f'(mapped to 8 bit by 255/{(1 << bits) - 1}); set input_bit_depth to fix it')
         header = msg.header
-        info = self._camera_info.for_stamp(header.stamp)
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         outputs = OutputSettings(**{name: settings[name] for name in OUTPUT_SETTINGS})
-        result = self.pipeline.process(
-            rgb, stamp_ns, info, outputs, header.frame_id,
-            no_camera=f'none received on {self._info_sub.topic_name} yet')
-        for key, text, period in frame_warnings(result, outputs, self._info_sub.topic_name,
+        info_topic = camera_info.subscription.topic_name
+        result = self.pipeline.process(rgb, stamp_ns, camera_info.for_stamp(header.stamp),
+                                       outputs, header.frame_id,
+                                       no_camera=f'none received on {info_topic} yet')
+        for key, text, period in frame_warnings(result, outputs, info_topic,
                                                 self.pipeline.rays.note):
             self._warn_throttled(key, text, period)
         if result.depth is None:
             self.stats.record_no_scale()
             self._warn_throttled('no_scale', f'no depth published: {result.no_scale}')
             return
-        depth = result.depth
-        camera = result.camera
-        self._outputs['depth'].publish(conversions.depth_to_image_msg(depth, header))
-        if camera is not None and camera.info is not None:
-            self._outputs['depth/camera_info'].publish(
-                conversions.camera_info_msg(camera.info, header))
-        colored_pub = self._outputs['depth/colored']
-        if colored_pub.get_subscription_count() > 0:
-            limits = conversions.colormap_limits(
-                depth, settings['colormap_range'],
-                (settings['colormap_min'], settings['colormap_max']),
-                (settings['colormap_percentile_low'], settings['colormap_percentile_high']))
-            bgr = conversions.colorize_depth(depth, limits, settings['colormap'])
-            colored_pub.publish(conversions.bgr_to_image_msg(bgr, header))
-        points_pub = self._outputs['depth/points']
-        if (settings['publish_points'] and camera is not None and camera.rays is not None
-                and points_pub.get_subscription_count() > 0):
-            points_pub.publish(conversions.depth_to_pointcloud(
-                depth, camera.rays, rgb, settings['points_decimation'], header))
+        if self.outputs.unused_metric_subscribers(result):
+            self._warn_throttled('relative', (
+                f"{self.outputs.topic_name('depth')} has subscribers, but depth_mode relative "
+                f"publishes unitless depth on {self.outputs.topic_name(result.topic)} only "
+                '(depth is metres, REP-118): set depth_mode scale or camera_height'), 30.0)
+        self.outputs.publish(result, rgb, header, settings)
         done = time.monotonic()
         self.stats.record_output(result.version, result.model_s,
                                  started - received, done - started, done)
 
-    # ------------------------------------------------------------------------------------------
-    # Diagnostics, logging, shutdown
-    # ------------------------------------------------------------------------------------------
+    # -- diagnostics, logging -------------------------------------------------------------------
+    def _image_topic(self):
+        return self._image_sub.topic_name if self._image_sub is not None else 'image'
+
     def _warn_throttled(self, key, text, period=WARN_PERIOD_S):
         """Warn at most once per `period` per kind of problem (not per call site)."""
         now = time.monotonic()
@@ -357,39 +351,45 @@ class DepthNode(Node):
             self.get_logger().warning(text)
 
     def diagnostics_snapshot(self):
-        """Everything /diagnostics reports, as a dict (also for in-process benchmarks)."""
-        snapshot = self.stats.snapshot()
+        """The `depth` status of /diagnostics, as a dict (also for in-process benchmarks)."""
+        values = self.stats.snapshot()
+        values['lifecycle_state'] = ('active' if self.active else 'inactive'
+                                     if self.stack is not None else 'unconfigured')
+        values['device'] = str(self.device)
+        values['depth_mode'] = self._param('depth_mode')
+        values['image_topic'] = self._image_topic()
+        if self.stack is None:
+            return values
         served = self.server.served
-        extra = served.describe()
-        extra['model_version'] = snapshot.pop('model_version')  # what computed the last depth
-        extra['serving_version'] = served.version
-        extra.update({
-            'device': str(self.device),
-            'depth_mode': self._param('depth_mode'),
+        last = values['model_version']  # what computed the last depth
+        values.update(served.describe())
+        values.update({
+            'model_version': last,
+            'serving_version': served.version,
+            'depth_topic': self.outputs.topic_name(DEPTH_TOPICS[values['depth_mode']]),
             'depth_unit': self.pipeline.scaler.unit,
             'input_bit_depth': self._param('input_bit_depth') or self._bit_depth.bits,
             'depth_scale_in_use': self.pipeline.scaler.last_scale or 0.0,
-            'camera_info_received': self._camera_info.received,
-            'camera_info_pairing': self._camera_info.pairing,
-            'image_topic': self._image_sub.topic_name,
+            'camera_info_received': getattr(self._camera_info, 'received', False),
+            'camera_info_pairing': getattr(self._camera_info, 'pairing', ''),
             'incompatible_qos_topics': ','.join(t for _, t in sorted(self._qos_warner.warned)),
             'last_swap_error': self.server.swap_error[1],
+            'diagnostics': self.diagnostics.backend,
         })
         if self.adapter is not None:
-            extra.update(self.adapter.status())
+            values.update(self.adapter.status())
         else:
-            extra['adaptation_enabled'] = False
-            if self._adaptation_refused:
-                extra['adaptation_refused'] = self._adaptation_refused
-        return {**snapshot, **extra}
+            values['adaptation_enabled'] = False
+            if self.stack.adaptation_refused:
+                values['adaptation_refused'] = self.stack.adaptation_refused
+        return values
 
-    def _publish_diagnostics(self):
-        values = self.diagnostics_snapshot()
-        level, message = serving_health(values, self._thread.is_alive())
-        array = make_diagnostic_array(self.get_clock().now().to_msg(),
-                                      f'{self.get_fully_qualified_name()}: depth',
-                                      values['device'], values, {}, level, message)
-        self._diagnostics_pub.publish(array)
+    def _health(self, values):
+        if values['lifecycle_state'] != 'active':
+            loaded = ' (model loaded)' if self.stack is not None else ''
+            return DiagnosticStatus.OK, (f"{values['lifecycle_state']}: not subscribed, not "
+                                         f'publishing{loaded}')
+        return serving_health(values, self._thread is not None and self._thread.is_alive())
 
     def _log(self, level, text):
         if not rclpy.ok(context=self.context):
@@ -403,16 +403,79 @@ class DepthNode(Node):
         else:
             logger.info(text)
 
+
+class DepthNode(DepthServing, Node):
+    """Depth from one camera, serving from construction; see the module docstring."""
+
+    def __init__(self, node_name='depth_node', **kwargs):
+        Node.__init__(self, node_name, **kwargs)
+        try:
+            self._init_serving()
+            self._configure()
+            self._activate()
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    def _create_output(self, msg_type, topic, qos, **kwargs):
+        return self.create_publisher(msg_type, topic, qos, **kwargs)
+
+    def _destroy_output(self, publisher):
+        self.destroy_publisher(publisher)
+
     def stop(self):
-        """Stop the inference and converter threads (idempotent); the node stays valid until
-        destroy_node."""
-        self._slot.close()
-        if self.adapter is not None:
-            self.adapter.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        if self.stack is not None:
-            self.stack.close()
+        """Stop the inference, converter and adaptation threads (idempotent)."""
+        self._cleanup()
+
+    def destroy_node(self):
+        self.stop()
+        return super().destroy_node()
+
+
+class ManagedDepthNode(DepthServing, LifecycleNode):
+    """The same node as a lifecycle (managed) node: it starts unconfigured."""
+
+    def __init__(self, node_name='depth_node', **kwargs):
+        LifecycleNode.__init__(self, node_name, **kwargs)
+        try:
+            self._init_serving()
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    def _create_output(self, msg_type, topic, qos, **kwargs):
+        return self.create_lifecycle_publisher(msg_type, topic, qos, **kwargs)
+
+    def _destroy_output(self, publisher):
+        self.destroy_lifecycle_publisher(publisher)
+
+    def on_configure(self, state):
+        try:
+            self._configure()
+        except StartupError as error:
+            self.get_logger().error(f'configure failed: {error}')
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return super().on_configure(state)
+
+    def on_activate(self, state):
+        self._activate()
+        return super().on_activate(state)  # the lifecycle publishers publish from now
+
+    def on_deactivate(self, state):
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        self._cleanup()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state):
+        self._cleanup()
+        return super().on_shutdown(state)
+
+    def stop(self):
+        self._cleanup()
 
     def destroy_node(self):
         self.stop()

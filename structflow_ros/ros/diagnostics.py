@@ -1,15 +1,30 @@
-"""Serving statistics (thread-safe, no ROS) and their diagnostic_msgs form.
+"""Serving statistics (thread-safe, no ROS) and /diagnostics by the ROS convention.
 
 The callback thread counts inputs, the inference thread counts outputs and times each frame, the
 diagnostics timer and benchmarks read `snapshot()`. Times are monotonic seconds; latencies kept
 for the last `window` frames.
+
+/diagnostics (`NodeDiagnostics`): diagnostic_updater's Updater where it is installed (every
+ROS 2 install has it), else the same statuses by a timer of our own. Four statuses, named
+`<node>: <task>`, each with the node's hardware_id (device and processor): `depth` (the
+serving state and every counter), `input rate` and `output rate` (diagnostic_updater
+FrequencyStatus's levels and keys against diagnostics_min_rate / diagnostics_max_rate),
+`latency` (image received -> last output published, p95, against the warn and error levels).
 """
 import collections
+import platform
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.clock import Clock, ClockType
+
+try:  # on every ROS 2 install (ros-<distro>-diagnostic-updater); not on PyPI
+    import diagnostic_updater
+except ImportError:  # pragma: no cover - depends on the install
+    diagnostic_updater = None
 
 
 class RateMeter:
@@ -32,6 +47,11 @@ class RateMeter:
         if len(self._times) < 2:
             return 0.0
         return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
+
+    def events(self, now):
+        """Events within the last window_s seconds."""
+        self._trim(now)
+        return len(self._times)
 
 
 def percentiles_ms(values, qs=(50, 95)):
@@ -96,6 +116,16 @@ class ServingStats:
             self._work.append(work_s)
             self._output_rate.tick(time.monotonic() if now is None else now)
 
+    def rates(self):
+        """{'input rate': (Hz, events in the window, events since start, window s), 'output
+        rate': ...} for the frequency statuses of /diagnostics."""
+        now = time.monotonic()
+        with self._lock:
+            return {name: (meter.rate(now), meter.events(now), total, meter.window_s)
+                    for name, meter, total in (
+                        ('input rate', self._input_rate, self.frames_in),
+                        ('output rate', self._output_rate, self.frames_out))}
+
     def snapshot(self):
         """A plain dict of everything (rates in Hz, latencies in ms)."""
         now = time.monotonic()
@@ -133,21 +163,6 @@ def _format(value):
     return str(value)
 
 
-def make_diagnostic_array(stamp, name, hardware_id, snapshot, extra, level=None, message=''):
-    """One DiagnosticStatus with every snapshot/extra entry as a key-value (strings)."""
-    status = DiagnosticStatus()
-    status.name = name
-    status.hardware_id = hardware_id
-    status.level = DiagnosticStatus.OK if level is None else level
-    status.message = message
-    status.values = [KeyValue(key=key, value=_format(value))
-                     for key, value in list(snapshot.items()) + list(extra.items())]
-    array = DiagnosticArray()
-    array.header.stamp = stamp
-    array.status = [status]
-    return array
-
-
 def serving_health(values, inference_alive):
     """(level, message) of the node's status from its diagnostics values."""
     if values['frames_in'] == 0:
@@ -158,3 +173,158 @@ def serving_health(values, inference_alive):
     if values['output_rate_hz'] == 0 and values['input_rate_hz'] > 0:
         return DiagnosticStatus.WARN, 'images arrive but no depth is published'
     return DiagnosticStatus.OK, 'serving'
+
+
+@dataclass
+class DiagnosticBounds:
+    """What /diagnostics calls healthy (the node's diagnostics_* parameters)."""
+    min_rate: float = 1.0  # Hz, input and output; below it (less the tolerance): WARN
+    max_rate: float = 0.0  # Hz; 0 = no upper bound
+    latency_warn_ms: float = 1000.0  # p95 image -> last output published
+    latency_error_ms: float = 5000.0
+    tolerance: float = 0.1  # FrequencyStatusParam's: bounds hold within this fraction
+
+
+def rate_status(stat, rate, events, since_start, window_s, bounds):
+    """diagnostic_updater.FrequencyStatus's levels, message and keys, from our RateMeter."""
+    low = bounds.min_rate * (1 - bounds.tolerance)
+    if events == 0:
+        stat.summary(DiagnosticStatus.ERROR, 'No events recorded.')
+    elif rate < low:
+        stat.summary(DiagnosticStatus.WARN, 'Frequency too low.')
+    elif bounds.max_rate > 0 and rate > bounds.max_rate * (1 + bounds.tolerance):
+        stat.summary(DiagnosticStatus.WARN, 'Frequency too high.')
+    else:
+        stat.summary(DiagnosticStatus.OK, 'Desired frequency met')
+    stat.add('Events in window', f'{events:d}')
+    stat.add('Events since startup', f'{since_start:d}')
+    stat.add('Duration of window (s)', f'{window_s:f}')
+    stat.add('Actual frequency (Hz)', f'{rate:f}')
+    if bounds.min_rate > 0:
+        stat.add('Minimum acceptable frequency (Hz)', f'{low:f}')
+    if bounds.max_rate > 0:
+        high = bounds.max_rate * (1 + bounds.tolerance)
+        stat.add('Maximum acceptable frequency (Hz)', f'{high:f}')
+    return stat
+
+
+def latency_status(stat, values, bounds):
+    p95 = values['processing_ms_p95']
+    if not np.isfinite(p95):
+        stat.summary(DiagnosticStatus.OK, 'no frame served yet')
+    elif p95 >= bounds.latency_error_ms:
+        stat.summary(DiagnosticStatus.ERROR, f'p95 latency {p95:.0f} ms >= '
+                     f'{bounds.latency_error_ms:g} ms')
+    elif p95 >= bounds.latency_warn_ms:
+        stat.summary(DiagnosticStatus.WARN, f'p95 latency {p95:.0f} ms >= '
+                     f'{bounds.latency_warn_ms:g} ms')
+    else:
+        stat.summary(DiagnosticStatus.OK, f'p95 latency {p95:.0f} ms')
+    for key in ('processing_ms_p50', 'processing_ms_p95', 'inference_ms_p50',
+                'inference_ms_p95', 'queue_ms_p95'):
+        stat.add(key, _format(values[key]))
+    stat.add('warn at p95 (ms)', f'{bounds.latency_warn_ms:g}')
+    stat.add('error at p95 (ms)', f'{bounds.latency_error_ms:g}')
+    return stat
+
+
+def hardware_id(device):
+    """The device and its processor: 'cuda:0 NVIDIA H100 80GB HBM3', 'cpu AMD EPYC (avx2)'."""
+    if device.type == 'cuda':
+        import torch
+        return f'{device} {torch.cuda.get_device_name(device)}'
+    from structflow_ros.core.backends import cpu_flags
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as handle:
+            name = next((line.split(':', 1)[1].strip() for line in handle
+                         if line.startswith(('model name', 'Model'))), name)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    isa = ('amx' if 'amx_bf16' in flags else 'avx512_bf16' if 'avx512_bf16' in flags
+           else 'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags
+           else platform.machine())
+    return f'{device} {name} ({isa})'
+
+
+class _Status:
+    """The part of diagnostic_updater.DiagnosticStatusWrapper the tasks use (fallback)."""
+
+    def __init__(self, name, hardware_id):
+        self.msg = DiagnosticStatus(name=name, hardware_id=hardware_id,
+                                    level=DiagnosticStatus.ERROR, message='No message was set')
+
+    def summary(self, level, message):
+        self.msg.level, self.msg.message = level, message
+
+    def add(self, key, value):
+        self.msg.values.append(KeyValue(key=key, value=str(value)))
+
+
+class NodeDiagnostics:
+    """The node's /diagnostics, every `period` seconds of the steady clock.
+
+    `values()` -> the `depth` status's key values (a dict), `health(values)` -> its (level,
+    message), `rates()` -> {'input rate': (rate, events, since_start, window_s), 'output
+    rate': ...} (empty while not active), `bounds()` -> DiagnosticBounds (live parameters).
+    """
+
+    TASKS = ('depth', 'input rate', 'output rate', 'latency')
+
+    def __init__(self, node, period, values, health, rates, bounds, hardware_id_text):
+        self._values, self._health, self._rates, self._bounds = values, health, rates, bounds
+        self.node, self.hardware_id = node, hardware_id_text
+        self.updater = None
+        self._snapshot = {}
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        if diagnostic_updater is not None:
+            self.updater = diagnostic_updater.Updater(node, period)
+            # Its timer runs on ROS time: with use_sim_time and no /clock yet (a bag not
+            # playing) that never fires and hides the node's health. The steady clock does.
+            # (self.updater.period: diagnostics_period unless diagnostic_updater.period is set.)
+            node.destroy_timer(self.updater.timer)
+            self.updater.timer = node.create_timer(self.updater.period, self.updater.update,
+                                                   clock=steady)
+            self.updater.node_name = node.get_fully_qualified_name()  # one per namespace
+            self.updater.setHardwareID(hardware_id_text)
+            for name in self.TASKS:
+                self.updater.add(name, lambda stat, name=name: self._run(name, stat))
+            self.backend = 'diagnostic_updater'
+        else:
+            self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+            self._timer = node.create_timer(period, self.publish, clock=steady)
+            self.backend = 'structflow (diagnostic_updater not installed)'
+
+    def set_hardware_id(self, text):
+        self.hardware_id = text
+        if self.updater is not None:
+            self.updater.setHardwareID(text)
+
+    def _run(self, name, stat):
+        if name == 'depth':  # first task of every update: one snapshot for all four
+            self._snapshot = self._values()
+            level, message = self._health(self._snapshot)
+            stat.summary(level, message)
+            for key, value in self._snapshot.items():
+                stat.add(key, _format(value))
+            return stat
+        if name == 'latency':
+            return latency_status(stat, self._snapshot, self._bounds())
+        rate = self._rates().get(name)
+        if rate is None:  # a managed node that is not active: nothing is expected
+            stat.summary(DiagnosticStatus.OK, 'not active: no frames expected')
+            return stat
+        return rate_status(stat, *rate, self._bounds())
+
+    def publish(self):
+        """One update now (the fallback's timer; also with the updater)."""
+        if self.updater is not None:
+            self.updater.update()
+            return
+        array = DiagnosticArray()
+        array.header.stamp = self.node.get_clock().now().to_msg()
+        prefix = self.node.get_fully_qualified_name()
+        array.status = [self._run(name, _Status(f'{prefix}: {name}', self.hardware_id)).msg
+                        for name in self.TASKS]
+        self._publisher.publish(array)

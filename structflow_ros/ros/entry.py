@@ -39,18 +39,30 @@ def _ignore_further_interrupts():
             continue
 
 
+USAGE = ('usage: depth_node [--lifecycle] [--ros-args ...]\n'
+         '  --lifecycle  a managed node: it starts unconfigured and waits for '
+         '`ros2 lifecycle set <node> configure` (then activate)')
+
+
 def run_depth_node(args=None):
     """The node's process: DDS profile, rclpy, the node, its executor; the exit code."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.logging import get_logger
+    from rclpy.utilities import remove_ros_args
     from structflow_ros.ros.dds_profile import use_node_profile
-    from structflow_ros.ros.depth_node import EXECUTOR_THREADS, DepthNode, StartupError
+    from structflow_ros.ros.depth_node import (EXECUTOR_THREADS, DepthNode, ManagedDepthNode,
+                                               StartupError)
+    own = remove_ros_args(sys.argv if args is None else args)[1:]
+    unknown = [arg for arg in own if arg != '--lifecycle']
+    if unknown:
+        print(f"depth_node: unknown argument(s) {' '.join(unknown)}\n{USAGE}", file=sys.stderr)
+        return 2
     dds_note = use_node_profile()  # before rclpy.init: the DDS context reads it once
     rclpy.init(args=args)
     logger = get_logger('depth_node')
     try:
-        node = DepthNode()
+        node = ManagedDepthNode() if '--lifecycle' in own else DepthNode()
         node.get_logger().info(dds_note)
     except StartupError as error:
         logger.fatal(str(error))

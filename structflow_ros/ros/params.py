@@ -74,11 +74,12 @@ PARAMETERS = (
               int_range=(0, 8192)),
     ParamSpec('output_width', 0, 'Width of the published depth; 0 = the input image width.',
               int_range=(0, 8192)),
-    ParamSpec('depth_mode', 'relative', 'Unit of the published depth: relative (model output '
-              'divided by its per-frame median (sampled on every 2nd row and column), so the '
-              'median is 1.0), scale (metres = '
-              'depth_scale * model output) or camera_height (metres from the ground plane '
-              'fitted with camera_info and the camera_height parameter).', choices=DEPTH_MODES),
+    ParamSpec('depth_mode', 'relative', 'Unit and topic of the published depth: relative '
+              '(model output divided by its per-frame median (sampled on every 2nd row and '
+              'column), so the median is 1.0; unitless, on depth/relative, no depth/points), '
+              'scale (metres = depth_scale * model output) or camera_height (metres from the '
+              'ground plane fitted with camera_info and the camera_height parameter); metres '
+              'go to depth (REP-118) and make depth/points.', choices=DEPTH_MODES),
     ParamSpec('depth_scale', 1.0, 'Metres per model unit, used when depth_mode is scale.',
               float_range=(1e-6, 1e6)),
     ParamSpec('camera_height', 1.0, 'Height of the camera above a flat ground in metres, '
@@ -104,7 +105,8 @@ PARAMETERS = (
     ParamSpec('output_qos_reliability', 'reliable', 'Reliability of the outputs: reliable '
               '(serves reliable and best-effort subscribers, e.g. RViz) or best_effort.',
               read_only=True, choices=RELIABILITY_CHOICES),
-    ParamSpec('publish_points', True, 'Publish depth/points (needs camera_info).'),
+    ParamSpec('publish_points', True, 'Publish depth/points (needs camera_info and a metric '
+              'depth_mode).'),
     ParamSpec('points_decimation', 2, 'Keep every n-th depth pixel (rows and columns) as a '
               'point.', int_range=(1, 64)),
     ParamSpec('threads', 0, 'torch intra-op threads; 0 = torch default.', read_only=True,
@@ -125,6 +127,17 @@ PARAMETERS = (
               int_range=(1, 1 << 30)),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.',
               read_only=True, float_range=(0.05, 60.0)),
+    ParamSpec('diagnostics_min_rate', 1.0, 'Input and output frequency (Hz) below which '
+              "/diagnostics' input rate and output rate statuses warn (10 % tolerance, as "
+              "diagnostic_updater's FrequencyStatus); 0 = no lower bound.",
+              float_range=(0.0, 1000.0)),
+    ParamSpec('diagnostics_max_rate', 0.0, 'Input and output frequency (Hz) above which those '
+              'statuses warn; 0 = no upper bound.', float_range=(0.0, 1000.0)),
+    ParamSpec('diagnostics_latency_warn_ms', 1000.0, "p95 latency (image received -> last "
+              "output published) at which /diagnostics' latency status warns.",
+              float_range=(1.0, 1e6)),
+    ParamSpec('diagnostics_latency_error_ms', 5000.0, 'p95 latency at which the latency status '
+              'is an error.', float_range=(1.0, 1e6)),
     # On-robot adaptation (structflow_ros/online/adapter.py, docs/adaptation.md).
     ParamSpec('adapt', False, 'Keep training the structure encoder on the live camera (flow '
               'loss, calibration-free) and serve each version the depth-aware gate accepts.',
@@ -166,6 +179,15 @@ def check_device_name(value):
     if value in ('auto', 'cpu', 'cuda') or (value.startswith('cuda:') and value[5:].isdigit()):
         return None
     return f"device '{value}' is not one of {DEVICE_HELP}"
+
+
+# The live parameters the inference thread reads once per frame (cheap dict lookups, no locks):
+# online.pipeline.OutputSettings and what the node's outputs and decoding use.
+LIVE_OUTPUT_PARAMETERS = (
+    'output_height', 'output_width', 'depth_mode', 'depth_scale', 'camera_height', 'colormap',
+    'colormap_range', 'colormap_min', 'colormap_max', 'colormap_percentile_low',
+    'colormap_percentile_high', 'publish_points', 'points_decimation', 'max_image_pixels',
+    'max_output_pixels', 'input_bit_depth')
 
 
 def validate(name, value, values):

@@ -70,6 +70,12 @@ def write_params_file(path, parameters, base_file=None):
     return Path(path)
 
 
+def params_file_value(path, name, default=None):
+    """One parameter of a file written by write_params_file (what the node will use)."""
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    return loaded.get('/**', {}).get('ros__parameters', {}).get(name, default)
+
+
 def _parent_death_signal():
     """preexec_fn: SIGINT the child when this process dies (Linux), so no node outlives us."""
     try:
