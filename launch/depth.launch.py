@@ -3,7 +3,9 @@
     ros2 launch structflow depth.launch.py camera:=/camera/image_raw \
         camera_info:=/camera/camera_info namespace:=cam0 rviz:=true
 
-Several cameras: one launch per camera with its own `namespace`. The node's outputs are
+Several cameras: one launch per camera with its own `namespace`, or one node for all of them
+(`cameras:="[front, rear]"`: one model in one process; topics front/image -> front/depth, ...
+under `namespace`). The node's outputs are
 `<namespace>/depth` (metres: depth_mode:=scale or camera_height) or `depth/relative` (unitless,
 the default depth_mode), `depth/colored`, `depth/camera_info` and `depth/points` (metres only).
 
@@ -105,6 +107,12 @@ def generate_launch_description():
                                           '(metres = depth_scale x model) or camera_height '
                                           '(metres from the ground plane): metres go to depth '
                                           'and depth/points (overrides params_file)'),
+        DeclareLaunchArgument('cameras', default_value="['']",
+                              description="Cameras of this one node: [''] = one, on camera "
+                                          'and camera_info; "[front, rear]" = one per '
+                                          'sub-namespace (front/image -> front/depth, ...; '
+                                          'remap those topics in your own launch file) '
+                                          '(overrides params_file)'),
         DeclareLaunchArgument('lifecycle', default_value='false',
                               description='A managed (lifecycle) node: starts unconfigured; '
                                           'configure loads the model, activate serves'),
@@ -130,6 +138,7 @@ def generate_launch_description():
                     {'device': LaunchConfiguration('device'),
                      'backend': LaunchConfiguration('backend'),
                      'depth_mode': LaunchConfiguration('depth_mode'),
+                     'cameras': LaunchConfiguration('cameras'),
                      'adapt': LaunchConfiguration('adapt')}],
         remappings=[('image', LaunchConfiguration('camera')),
                     ('camera_info', LaunchConfiguration('camera_info'))],

@@ -10,7 +10,9 @@ from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.online.adapter import AdapterConfig
 from structflow_ros.online.camera import CameraModel, RayCache, depth_camera
-from structflow_ros.online.pipeline import OutputSettings, bounded_output_size, frame_warnings
+from structflow_ros.online.pipeline import (FrameJob, FramePipeline, OutputSettings,
+                                            bounded_output_size, frame_warnings,
+                                            process_frames)
 from structflow_ros.online.stack import StackSettings, build_stack
 from structflow_ros.online.units import mark_invalid, sample_median
 
@@ -126,12 +128,45 @@ def test_a_saturated_network_publishes_no_return(stack):
     depth_scale as if that were a distance."""
     served = stack.server.served
     far = served.predictor.max_depth
-    original = served.predictor.predict
-    served.predictor.predict = lambda rgb: np.full((HEIGHT, WIDTH), far, np.float32)
+    original = served.predictor.predict_many
+    served.predictor.predict_many = lambda rgbs, sizes: [np.full(size, far, np.float32)
+                                                         for size in sizes]
     try:
         result = stack.pipeline.process(frame(), 5, pinhole(), OutputSettings(
             depth_mode='scale', depth_scale=0.1))
     finally:
-        served.predictor.predict = original
+        served.predictor.predict_many = original
     assert result.invalid == (0, HEIGHT * WIDTH) and np.isposinf(result.depth).all()
     assert np.isfinite(result.model_depth).all()  # the metrics keep the model's own values
+
+
+def test_cameras_sharing_a_server_go_through_the_network_together(stack):
+    """Several cameras on one server (one node, one model): one network call for the frames
+    that arrived together, each frame with its own size, units and camera; the same depth as
+    one at a time (to float rounding: a batch may pick other kernels)."""
+    front, rear = stack.pipeline, FramePipeline(stack.server)
+    rgb_front, rgb_rear = frame(0), frame(7)
+    alone = [front.process(rgb_front, 1, pinhole(), OutputSettings(depth_mode='scale',
+                                                                   depth_scale=2.0)),
+             rear.process(rgb_rear, 1, None, OutputSettings(output_height=24,
+                                                            output_width=32))]
+    predictor = stack.server.served.predictor
+    assert predictor.batches  # eager: the PyTorch runner takes batches
+    calls = []
+    runner, graph = predictor.runner, predictor.runner.graph
+    runner.graph = lambda image: (calls.append(image.shape[0]), graph(image))[1]
+    try:
+        together = process_frames([
+            FrameJob(front, rgb_front, 2, pinhole(), OutputSettings(depth_mode='scale',
+                                                                    depth_scale=2.0)),
+            FrameJob(rear, rgb_rear, 2, None, OutputSettings(output_height=24,
+                                                             output_width=32))])
+    finally:
+        runner.graph = graph
+    assert calls == [2]  # one batch of two
+    for one, batched in zip(alone, together):
+        assert batched.version == one.version and batched.topic == one.topic
+        assert batched.depth.shape == one.depth.shape
+        np.testing.assert_allclose(batched.depth, one.depth, rtol=1e-4)
+    assert together[0].topic == 'depth' and together[1].topic == 'depth/relative'
+    assert together[0].camera.rays is not None and together[1].camera is None

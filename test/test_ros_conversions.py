@@ -25,7 +25,7 @@ from structflow_ros.core.config import ModelConfig
 from structflow_ros.core.networks import build_model
 from structflow_ros.data.image_codec import encode_compressed, encode_image
 from structflow_ros.online import camera as camera_math
-from structflow_ros.online.frame_slot import LatestFrameSlot
+from structflow_ros.online.frame_slot import LatestFrames
 from structflow_ros.online.pipeline import OutputSettings
 from structflow_ros.online.server import ServedModel, read_serving_checkpoint
 from structflow_ros.online.units import (DepthScaler, GroundFitConfig, ScaleUnavailable,
@@ -332,17 +332,23 @@ def test_scaler_refuses_unknown_mode():
 # ----------------------------------------------------------------------------------------------
 # Hand-over between threads
 # ----------------------------------------------------------------------------------------------
-def test_frame_slot_keeps_only_the_newest_and_counts_drops():
-    slot = LatestFrameSlot()
-    assert slot.put(1) is False and slot.put(2) is True and slot.put(3) is True
-    assert slot.dropped == 2 and slot.get(0) == 3 and slot.get(0.01) is None
+def test_frame_slots_keep_only_the_newest_per_camera_and_count_drops():
+    frames = LatestFrames()
+    assert frames.put('front', 1) is False and frames.put('front', 2) is True
+    assert frames.put('rear', 'a') is False and frames.put('front', 3) is True
+    assert frames.dropped == 2
+    assert frames.get(0) == {'front': 3, 'rear': 'a'}  # together: one batch
+    assert frames.get(0.01) == {}
+    frames.put('rear', 'b')
+    frames.discard('rear')
+    assert frames.get(0.01) == {}
     got = []
-    waiter = threading.Thread(target=lambda: got.append(slot.get(5.0)))
+    waiter = threading.Thread(target=lambda: got.append(frames.get(5.0)))
     waiter.start()
     time.sleep(0.05)
-    slot.close()
+    frames.close()
     waiter.join(2.0)
-    assert not waiter.is_alive() and got == [None] and slot.put(4) is False
+    assert not waiter.is_alive() and got == [{}] and frames.put('front', 4) is False
 
 
 def test_weight_store_versions_clones_and_threads():
@@ -502,8 +508,8 @@ def test_diagnostics_by_the_convention_with_a_faithful_fallback(in_process_node,
     # Without diagnostic_updater: the same statuses, levels, hardware_id and keys.
     monkeypatch.setattr(diagnostics_module, 'diagnostic_updater', None)
     fallback = diagnostics_module.NodeDiagnostics(
-        node, 1.0, node.diagnostics_snapshot, node._health, node.stats.rates, node._bounds,
-        node.diagnostics.hardware_id)
+        node, 1.0, [('', node.diagnostics_snapshot, node._health, node.stats.rates)],
+        node._bounds, node.diagnostics.hardware_id)
     own = capture(fallback)
     reference = capture(node.diagnostics)
     assert list(own) == list(reference) == names

@@ -3,6 +3,7 @@
   structflow bench model [--sizes 320x96,640x192,1024x320] [--repeats 20]
   structflow bench train [--repeats 8]
   structflow bench node [--sizes 320x96,640x192] [--rates 10,30] (structflow_ros/cli/bench_node.py)
+  structflow bench cameras [--counts 1,2,4] [--rate 5]  (cli/bench_cameras.py)
   structflow bench all --markdown docs/benchmarks.md
   structflow bench render [--frames 30]
   structflow bench adapt [--streams fog night ...] [--seconds 300]  (cli/bench_adapt.py)
@@ -84,6 +85,9 @@ def get_args_parser():
                        help='seconds of camera stream per node case')
     every.add_argument('--markdown', default='',
                        help='write the whole report (machine, command, tables) to this file')
+    from structflow_ros.cli import bench_cameras
+    sub.add_parser('cameras', parents=[bench_cameras.get_args_parser(add_help=False)],
+                   help='N cameras in one node process vs N nodes: memory and rate')
     from structflow_ros.cli import bench_adapt
     bench_adapt.add_arguments(sub)
     render = sub.add_parser('render', help='synthetic renderer frames/s')
@@ -521,6 +525,9 @@ def write_markdown(result, path):
 
 
 def main(args):
+    if args.target == 'cameras':
+        from structflow_ros.cli import bench_cameras
+        return bench_cameras.main(args)
     if args.target == 'node':
         from structflow_ros.cli import bench_node
         return bench_node.main(args)

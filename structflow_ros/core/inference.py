@@ -154,9 +154,31 @@ class DepthPredictor:
     @torch.inference_mode()
     def predict(self, rgb):
         """Relative depth (H_out, W_out) float32 numpy for one RGB uint8 frame."""
-        disp = self.predict_disparity(self.preprocess(rgb))
+        return self._depth(self.predict_disparity(self.preprocess(rgb)),
+                           self.output_size or rgb.shape[:2])
+
+    @property
+    def batches(self):
+        """Whether several frames go through the network in one call: the PyTorch runners
+        (any batch); the exported runtimes are built for one frame (static shapes)."""
+        from structflow_ros.core.backends import TorchRunner
+        return isinstance(self.runner, TorchRunner)
+
+    @torch.inference_mode()
+    def predict_many(self, rgbs, output_sizes):
+        """Relative depth for several frames (several cameras): frames at one network size go
+        through the network as one batch where the runner takes batches, else one by one.
+        `output_sizes[i]` (H, W) for each frame."""
+        images = [self.preprocess(rgb) for rgb in rgbs]
+        if len(images) > 1 and self.batches and len({im.shape for im in images}) == 1:
+            disparities = self.predict_disparity(torch.cat(images)).split(1)
+        else:
+            disparities = [self.predict_disparity(image) for image in images]
+        return [self._depth(disp, size) for disp, size in zip(disparities, output_sizes)]
+
+    def _depth(self, disp, out_size):
         _, depth = disp_to_depth(disp.float(), self.min_depth, self.max_depth)
-        out_size = self.output_size or (rgb.shape[0], rgb.shape[1])
         if tuple(depth.shape[-2:]) != tuple(out_size):
-            depth = F.interpolate(depth, size=out_size, mode='bilinear', align_corners=False)
+            depth = F.interpolate(depth, size=tuple(out_size), mode='bilinear',
+                                  align_corners=False)
         return depth[0, 0].cpu().numpy()

@@ -592,6 +592,7 @@ class OnlineAdapter:
                 decision.source_abs_rel if decision else float('nan'),
             'adaptation_last_refusal': self.last_refusal,
             'adaptation_last_error': self.last_error,
+            'adaptation_state_dir': str(self.state_dir.directory) if self.state_dir else '',
             'adaptation_state_file': self.saved_path,
             'adaptation_resumed': self.resumed,
         }

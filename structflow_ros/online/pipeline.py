@@ -101,22 +101,27 @@ class FramePipeline:
         """One decoded RGB uint8 frame (H, W, 3) with its stamp, its camera (a CameraModel or a
         CameraInfo, None without one: `no_camera` says why) and `settings` (OutputSettings;
         None = the defaults)."""
-        settings = settings or OutputSettings()
-        self.between_frames()
-        served = self.server.served  # read once: one version computes the whole frame
-        height, width = rgb.shape[:2]
-        out_height, out_width, output_note = bounded_output_size(height, width, settings)
+        return process_frames([FrameJob(self, rgb, stamp_ns, camera, settings, frame_id,
+                                        no_camera)])[0]
+
+    def _begin(self, job):
+        """Before the network: the output size, the adapter told whose frame this is."""
+        height, width = job.rgb.shape[:2]
+        out_height, out_width, note = bounded_output_size(height, width, job.settings)
         if self.adapter is not None:
-            self.adapter.observe_camera(_identity(frame_id, width, height, camera))
-        served.predictor.output_size = (out_height, out_width)
-        started = time.perf_counter()
-        model_depth = served.predictor.predict(rgb)
-        model_s = time.perf_counter() - started
-        result = FrameResult(None, model_depth, served.version, model_s, '',
-                             output_note=output_note, topic=DEPTH_TOPICS[settings.depth_mode])
+            self.adapter.observe_camera(_identity(job.frame_id, width, height, job.camera))
+        return (out_height, out_width), note
+
+    def _finish(self, job, model_depth, version, model_s, output_note):
+        """After the network: camera, units and topic, REP-117 values, the pair buffer."""
+        settings, camera = job.settings, job.camera
+        height, width = job.rgb.shape[:2]
+        out_height, out_width = model_depth.shape
+        result = FrameResult(None, model_depth, version, model_s, '', output_note=output_note,
+                             topic=DEPTH_TOPICS[settings.depth_mode])
         need_rays = settings.points or settings.depth_mode == 'camera_height'
         if camera is None:
-            result.rays_missing = no_camera
+            result.rays_missing = job.no_camera
         else:
             result.camera = depth_camera(camera, width, height, out_width, out_height,
                                          self.rays, need_rays)
@@ -131,11 +136,11 @@ class FramePipeline:
             if result.depth is model_depth:
                 result.depth = result.depth.copy()  # model_depth stays the model's
             result.invalid = mark_invalid(result.depth, model_depth,
-                                          served.predictor.max_depth)
+                                          self.server.served.predictor.max_depth)
         except ScaleUnavailable as error:
             result.no_scale = str(error)
         if self.pair_buffer is not None:
-            result.pair = self.pair_buffer.add_frame(rgb, stamp_ns)
+            result.pair = self.pair_buffer.add_frame(job.rgb, job.stamp_ns)
         return result
 
     def _tell_adapter(self, camera, height, width):
@@ -146,6 +151,48 @@ class FramePipeline:
         if calibration != self._adapter_calibration:
             self._adapter_calibration = calibration
             self.adapter.set_camera(camera.k, (camera.height or height, camera.width or width))
+
+
+@dataclass
+class FrameJob:
+    """One camera's frame for process_frames: FramePipeline.process's arguments."""
+    pipeline: 'FramePipeline'
+    rgb: np.ndarray
+    stamp_ns: int
+    camera: object = None
+    settings: Optional[OutputSettings] = None
+    frame_id: str = ''
+    no_camera: str = 'none received yet'
+
+    def __post_init__(self):
+        self.settings = self.settings or OutputSettings()
+
+
+def process_frames(jobs):
+    """Frames of several cameras at once (FrameJob each) -> their FrameResults, in order.
+
+    Cameras whose pipelines share a server (one node serving several cameras with one model)
+    swap once and go through the network together: one version computes all of them, as one
+    batch where the runner takes batches (DepthPredictor.predict_many). Each frame keeps its
+    own output size, camera, units and pair buffer.
+    """
+    results = [None] * len(jobs)
+    groups = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(id(job.pipeline.server), []).append(index)
+    for indices in groups.values():
+        server = jobs[indices[0]].pipeline.server
+        server.maybe_swap()
+        served = server.served  # read once: one version computes every frame of the group
+        begun = [jobs[i].pipeline._begin(jobs[i]) for i in indices]
+        started = time.perf_counter()
+        depths = served.predictor.predict_many([jobs[i].rgb for i in indices],
+                                               [size for size, _ in begun])
+        model_s = time.perf_counter() - started  # the frames waited for the whole batch
+        for i, depth, (_, note) in zip(indices, depths, begun):
+            results[i] = jobs[i].pipeline._finish(jobs[i], depth, served.version, model_s,
+                                                  note)
+    return results
 
 
 def _identity(frame_id, width, height, camera):

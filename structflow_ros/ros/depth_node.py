@@ -34,21 +34,19 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
 from diagnostic_msgs.msg import DiagnosticStatus
-from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
 from structflow_ros.core.inference import resolve_device
 from structflow_ros.data import image_codec
 from structflow_ros.online.control import ServingControl
-from structflow_ros.online.frame_slot import LatestFrameSlot
-from structflow_ros.online.pipeline import OUTPUT_SETTINGS, OutputSettings, frame_warnings
+from structflow_ros.online.frame_slot import LatestFrames
+from structflow_ros.online.pipeline import FramePipeline, process_frames
 from structflow_ros.online.server import resolve_weights_path
 from structflow_ros.online.stack import StackError, stack_from_parameters
 from structflow_ros.online.units import DEPTH_TOPICS
-from structflow_ros.ros import conversions
-from structflow_ros.ros.camera_info_source import CameraInfoSource
-from structflow_ros.ros.diagnostics import (DiagnosticBounds, NodeDiagnostics, ServingStats,
-                                            hardware_id, serving_health)
+from structflow_ros.ros.camera_channel import CameraChannel
+from structflow_ros.ros.diagnostics import (DiagnosticBounds, NodeDiagnostics, hardware_id,
+                                            serving_health)
 from structflow_ros.ros.outputs import DepthOutputs
 from structflow_ros.ros.params import LIVE_OUTPUT_PARAMETERS, PARAMETERS, validate
 from structflow_ros.ros.qos import IncompatibleQosWarner, make_qos
@@ -71,13 +69,11 @@ class DepthServing:
     """The node's work, shared by DepthNode and ManagedDepthNode (mixed into an rclpy node)."""
 
     def _init_serving(self):
-        self.stats = ServingStats()
-        self.stack = self.control = self.outputs = self.device = None
-        self._slot = self._thread = self._image_sub = self._camera_info = None
+        self.control = self.device = None
+        self._frames = self._thread = None
         self.active = False
-        self._adapt_enabled = True  # the adapter's own switch, kept while inactive
+        self._adapt_enabled = True  # the adapters' own switch, kept while inactive
         self._last_warned = {}
-        self._bit_depth = image_codec.BitDepthEstimator()  # input_bit_depth 0 (auto)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # While declaring, a missing weights file is left to configure, whose error names the
         # file and the reason in one line.
@@ -88,6 +84,7 @@ class DepthServing:
         except Exception as error:  # rclpy's Invalid*Parameter*Exception family
             raise StartupError(f'invalid parameter: {error}') from None
         self._declaring = False
+        self.channels = [CameraChannel(name) for name in self._param('cameras')]
         self._qos_warner = IncompatibleQosWarner(self.get_logger())
         # Services in a reentrant group: a second request while a reload or a save runs is
         # taken by another executor thread and answered 'busy' at once (SlowCalls), so image
@@ -100,92 +97,123 @@ class DepthServing:
                                         (SetBool, '~/adaptation/enable', self._on_adapt_enable),
                                         (Trigger, '~/adaptation/reset', self._on_adapt_reset),
                                         (Trigger, '~/adaptation/save', self._on_adapt_save))]
-        self.diagnostics = NodeDiagnostics(
-            self, self._param('diagnostics_period'), self.diagnostics_snapshot, self._health,
-            lambda: self.stats.rates() if self.active else {}, self._bounds, 'none')
+        self.diagnostics = NodeDiagnostics(self, self._param('diagnostics_period'), [
+            (channel.label, lambda c=channel: self.diagnostics_snapshot(c), self._health,
+             lambda c=channel: c.stats.rates() if self.active else {})
+            for channel in self.channels], self._bounds, 'none')
 
     def _configure(self):
-        """Weights, backend, device, publishers, the inference thread (StartupError: why not)."""
+        """Weights, backend, device, publishers, the inference thread (StartupError: why not).
+        One model for every camera; with adaptation, each camera adapts its own copy."""
         if self._param('threads') > 0:
             torch.set_num_threads(self._param('threads'))
         try:
             self.device = resolve_device(self._param('device'))
-            self.stack, self.weights_path = stack_from_parameters(
-                self._param, self.get_fully_qualified_name(), self.device, self._log)
+            for channel in self.channels:
+                shared = self.channels[0].stack if not self._param('adapt') else None
+                if shared is not None:
+                    channel.stack, channel.pipeline = shared, FramePipeline(shared.server)
+                    continue
+                name = self.get_fully_qualified_name() + (f'/{channel.name}' if channel.name
+                                                          else '')
+                channel.stack, self.weights_path = stack_from_parameters(
+                    self._param, name, self.device, self._log)
+                channel.pipeline = channel.stack.pipeline
         except (ValueError, StackError) as error:
+            self._cleanup()
             raise StartupError(str(error)) from None
-        if self.stack.adaptation_refused:
-            # Depth is the product: serve it, but never adapt in another camera's directory.
-            self.get_logger().error(f'adaptation not started: {self.stack.adaptation_refused}; '
-                                    'serving without it')
+        for stack in self.stacks:
+            if stack.adaptation_refused:  # depth is the product: serve, never adapt elsewhere
+                self.get_logger().error(f'adaptation not started: {stack.adaptation_refused}; '
+                                        'serving without it')
         self.diagnostics.set_hardware_id(hardware_id(self.device))
-        self.control = ServingControl(self.stack, lambda: self._thread.is_alive(), self._log)
+        self.control = [ServingControl(stack, lambda: self._thread.is_alive(), self._log)
+                        for stack in self.stacks]
         out_reliability = self._param('output_qos_reliability')
         out_qos = make_qos(out_reliability, 2)
-        self.outputs = DepthOutputs(
-            lambda kind, topic: self._create_output(kind, topic, out_qos, event_callbacks=(
-                self._qos_warner.publisher(topic, out_reliability))), self._destroy_output)
-        self._slot = LatestFrameSlot()
+        for channel in self.channels:
+            channel.outputs = DepthOutputs(lambda kind, topic, prefix=channel.prefix: (
+                self._create_output(kind, prefix + topic, out_qos, event_callbacks=(
+                    self._qos_warner.publisher(prefix + topic, out_reliability)))),
+                self._destroy_output)
+        self._frames = LatestFrames()
         self._thread = threading.Thread(target=self._inference_loop, name=INFERENCE_THREAD_NAME,
                                         daemon=True)
         self._thread.start()
-        if self.stack.adapter is not None:
-            self.stack.adapter.set_enabled(False)  # until active: no frames, nothing to learn
-            self.stack.adapter.start()
+        for stack in self.stacks:
+            if stack.adapter is not None:
+                stack.adapter.set_enabled(False)  # until active: no frames, nothing to learn
+                stack.adapter.start()
+
+    @property
+    def stacks(self):
+        """The distinct serving stacks (one, or one per camera with adaptation)."""
+        stacks = []
+        for channel in self.channels:
+            if channel.stack is not None and all(channel.stack is not s for s in stacks):
+                stacks.append(channel.stack)
+        return stacks
 
     def _activate(self):
-        reliability = self._param('qos_reliability')
-        image_type = CompressedImage if self._param('input_compressed') else Image
-        if image_type is CompressedImage and not image_codec.JPEG_DAMAGE_DETECTED:
+        compressed = self._param('input_compressed')
+        if compressed and not image_codec.JPEG_DAMAGE_DETECTED:
             self.get_logger().warning(
                 'simplejpeg is not installed: JPEGs are decoded by OpenCV, which serves a '
                 'damaged JPEG (cut, then closed with an end marker) with the lost part grey '
                 'instead of refusing it; pip install simplejpeg (requirements.txt)')
-        self._image_sub = self.create_subscription(
-            image_type, 'image', self._on_image, make_qos(reliability, self._param('qos_depth')),
-            event_callbacks=self._qos_warner.subscription('image', reliability))
-        # camera_info is always best effort: it then matches every camera driver, and losing
-        # one of these (rarely changing) messages costs nothing.
-        self._camera_info = CameraInfoSource(self, 'camera_info', make_qos('best_effort', 5))
-        adapter = self.stack.adapter
-        if adapter is not None:
-            adapter.set_enabled(self._adapt_enabled)
+        for index, channel in enumerate(self.channels):
+            channel.subscribe(self, lambda msg, i=index: self._on_image(i, msg),
+                              self._param('qos_reliability'), self._param('qos_depth'),
+                              compressed, self._qos_warner)
+        for stack in self.stacks:
+            if stack.adapter is not None:
+                stack.adapter.set_enabled(self._adapt_enabled)
         self.active = True
         mode = self._param('depth_mode')
+        server = self.channels[0].stack.server
+        adapters = [stack.adapter for stack in self.stacks if stack.adapter is not None]
+        refused = self.channels[0].stack.adaptation_refused
         self.get_logger().info(
-            f'serving {self.weights_path} (version {self.stack.server.served.version}) on '
-            f'{self.device} with backend {self.stack.server.backend}; image: '
-            f'{self._image_sub.topic_name} ({image_type.__name__}, {reliability}); depth_mode '
-            f'{mode}: depth on {self.outputs.topic_name(DEPTH_TOPICS[mode])}; '
+            f'serving {self.weights_path} (version {server.served.version}) on {self.device} '
+            f'with backend {server.backend}; '
+            + '; '.join(f'image: {c.image_topic} -> {c.outputs.topic_name(DEPTH_TOPICS[mode])}'
+                        for c in self.channels)
+            + f' (depth_mode {mode}, {"compressed" if compressed else "raw"} input); '
             'adaptation ' + (
-                f'on (state in {adapter.state_dir.directory}; {adapter.resumed})' if adapter
-                else f'off ({self.stack.adaptation_refused})' if self.stack.adaptation_refused
-                else 'off (adapt:=true to enable)'))
+                'on (state in ' + ', '.join(str(a.state_dir.directory) for a in adapters)
+                + f'; {adapters[0].resumed})' if adapters
+                else f'off ({refused})' if refused else 'off (adapt:=true to enable)'))
 
     def _deactivate(self):
         self.active = False
-        for subscription in (self._image_sub, getattr(self._camera_info, 'subscription', None)):
-            if subscription is not None:
-                self.destroy_subscription(subscription)
-        self._image_sub = self._camera_info = None
-        self._slot.get(timeout=0)  # a frame taken in before: not published any more
-        if self.stack.adapter is not None:
-            self._adapt_enabled = self.stack.adapter.enabled
-            self.stack.adapter.set_enabled(False)
+        for index, channel in enumerate(self.channels):
+            channel.unsubscribe(self)
+            self._frames.discard(index)  # taken in before: not published any more
+        for stack in self.stacks:
+            if stack.adapter is not None:
+                self._adapt_enabled = stack.adapter.enabled
+                stack.adapter.set_enabled(False)
 
     def _cleanup(self):
-        """Back to unconfigured: threads stopped, model and publishers released (idempotent)."""
+        """Back to unconfigured: threads stopped, models and publishers released (idempotent)."""
         if self.active:
             self._deactivate()
-        if self._slot is not None:
-            self._slot.close()
+        if self._frames is not None:
+            self._frames.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        if self.stack is not None:
-            self.stack.close()
-        if self.outputs is not None:
-            self.outputs.destroy()
-        self.stack = self.control = self.outputs = self._thread = None
+        for stack in self.stacks:
+            stack.close()
+        for channel in self.channels:
+            if channel.outputs is not None:
+                channel.outputs.destroy()
+            channel.stack = channel.pipeline = channel.outputs = None
+        self.control = self._thread = None
+
+    # The first camera's parts (a one-camera node: its only camera).
+    @property
+    def stack(self):
+        return self.channels[0].stack
 
     @property
     def server(self):
@@ -197,11 +225,23 @@ class DepthServing:
 
     @property
     def pipeline(self):
-        return self.stack.pipeline
+        return self.channels[0].pipeline
 
     @property
     def weight_store(self):
         return self.stack.store
+
+    @property
+    def stats(self):
+        return self.channels[0].stats
+
+    @property
+    def outputs(self):
+        return self.channels[0].outputs
+
+    @property
+    def _camera_info(self):
+        return self.channels[0].camera_info
 
     # -- parameters ----------------------------------------------------------------------------
     def _param(self, name):
@@ -225,29 +265,36 @@ class DepthServing:
             if reason:
                 self.get_logger().warning(f'rejected parameter {param.name}: {reason}')
                 return SetParametersResult(successful=False, reason=reason)
-        if self.adapter is not None and 'adapt_duty_cycle' in incoming:
-            self.adapter.config.duty_cycle = incoming['adapt_duty_cycle']  # read every step
-        if self.adapter is not None and 'adapt_lr' in incoming and not self._declaring:
-            self.get_logger().info(self.adapter.set_lr(incoming['adapt_lr']))
+        for stack in self.stacks if not self._declaring else ():
+            if stack.adapter is not None and 'adapt_duty_cycle' in incoming:
+                stack.adapter.config.duty_cycle = incoming['adapt_duty_cycle']  # read per step
+            if stack.adapter is not None and 'adapt_lr' in incoming:
+                self.get_logger().info(stack.adapter.set_lr(incoming['adapt_lr']))
         return SetParametersResult(successful=True)
 
     # -- callbacks (executor threads): never any heavy work here --------------------------------
-    def _on_image(self, msg):
+    def _on_image(self, index, msg):
         now = time.monotonic()
-        self.stats.record_input(now)
-        if self._slot.put((msg, now)):
-            self.stats.record_stale()
+        stats = self.channels[index].stats
+        stats.record_input(now)
+        if self._frames.put(index, (msg, now)):
+            stats.record_stale()
 
     def _answer(self, service, response, call):
-        """Fill `response` from `call()` -> (ok, message); any exception becomes a failed reply
-        naming it (a handler is total: the node answers and goes on serving)."""
+        """Fill `response` from `call(control)` -> (ok, message) for every stack (one, or one
+        per adapting camera); any exception becomes a failed reply naming it (a handler is
+        total: the node answers and goes on serving)."""
         try:
             if self.control is None:
                 ok, message = False, ('the node is not configured (lifecycle state unconfigured): '
                                       f'ros2 lifecycle set {self.get_fully_qualified_name()} '
                                       'configure')
             else:
-                ok, message = call()
+                answers = [call(control) for control in self.control]
+                ok = all(answer[0] for answer in answers)
+                names = [c.name for c in self.channels] if len(answers) > 1 else ['']
+                message = '; '.join(f'{name}: {text}' if name else text
+                                    for name, (_, text) in zip(names, answers))
         except Exception as error:  # noqa: BLE001 - total: every failure becomes a reply
             version = self.server.served.version if self.server is not None else 0
             ok, message = False, (f'failed: {type(error).__name__}: {error}; the node goes on '
@@ -261,88 +308,65 @@ class DepthServing:
 
     def _on_reload(self, request, response):
         path = resolve_weights_path(self._param('weights'))  # re-read: it may have been set
-        self._answer('~/reload_weights', response, lambda: self.control.reload(path))
+        self._answer('~/reload_weights', response, lambda control: control.reload(path))
         if response.success:
             self.weights_path = path
         return response
 
     def _on_adapt_enable(self, request, response):
         return self._answer('~/adaptation/enable', response,
-                            lambda: self.control.enable(request.data))
+                            lambda control: control.enable(request.data))
 
     def _on_adapt_reset(self, request, response):
-        return self._answer('~/adaptation/reset', response, self.control.reset)
+        return self._answer('~/adaptation/reset', response, lambda control: control.reset())
 
     def _on_adapt_save(self, request, response):
-        return self._answer('~/adaptation/save', response, self.control.save)
+        return self._answer('~/adaptation/save', response, lambda control: control.save())
 
     # -- inference thread -----------------------------------------------------------------------
     def _inference_loop(self):
         self.stack.enter_serving_thread()
-        slot = self._slot
+        frames, stacks = self._frames, self.stacks
         while True:
-            item = slot.get(timeout=IDLE_POLL_S)
-            if slot.closed:
+            items = frames.get(timeout=IDLE_POLL_S)
+            if frames.closed:
                 return
-            self.pipeline.between_frames()
-            if item is None:
+            for stack in stacks:
+                stack.pipeline.between_frames()  # a new version serves without a frame too
+            if not items:
                 continue
             try:
-                self._process(*item)
+                self._process_frames(items)
             except Exception as error:  # noqa: BLE001 - keep serving, but say what failed
-                if slot.closed or not rclpy.ok(context=self.context):
+                if frames.closed or not rclpy.ok(context=self.context):
                     return  # shutting down: publishers are gone
-                self.stats.record_error(f'{type(error).__name__}: {error}')
+                for index in items:
+                    self.channels[index].stats.record_error(f'{type(error).__name__}: {error}')
                 self._warn_throttled('error', f'frame failed: {type(error).__name__}: {error}')
 
     def _process(self, msg, received):
+        """One frame of the (first) camera, in this thread (tests, tools)."""
+        self._process_frames({0: (msg, received)})
+
+    def _process_frames(self, items):
+        """{camera index: (msg, received)}: the frames that arrived together, computed together
+        (online.pipeline.process_frames) and published per camera."""
         started = time.monotonic()
         settings = {name: self._param(name) for name in LIVE_OUTPUT_PARAMETERS}
-        bit_depth = settings['input_bit_depth'] or self._bit_depth
-        changes = len(self._bit_depth.changes)
-        camera_info = self._camera_info
-        if camera_info is None:
-            return  # deactivated while this frame waited
-        try:
-            rgb = conversions.image_msg_to_rgb(msg, settings['max_image_pixels'], bit_depth)
-        except conversions.BadImageError as error:
-            self.stats.record_bad_input(error.kind, str(error))
-            self._warn_throttled(f'bad_input:{error.kind}',
-                                 f'dropped a bad frame on {self._image_topic()}: {error}')
+        taken = []
+        for index, (msg, received) in items.items():
+            channel = self.channels[index]
+            job = channel.decode(msg, settings, self._log, self._warn_throttled)
+            if job is not None:
+                taken.append((channel, job, msg.header, received))
+        if not taken:
             return
-        if len(self._bit_depth.changes) > changes:
-            bits, largest = self._bit_depth.changes[-1]
-            self.get_logger().info(
-                f'{msg.encoding} input: largest sample so far {largest}, so {bits}-bit data '
-                f'(mapped to 8 bit by 255/{(1 << bits) - 1}); set input_bit_depth to fix it')
-        header = msg.header
-        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        outputs = OutputSettings(**{name: settings[name] for name in OUTPUT_SETTINGS})
-        info_topic = camera_info.subscription.topic_name
-        result = self.pipeline.process(rgb, stamp_ns, camera_info.for_stamp(header.stamp),
-                                       outputs, header.frame_id,
-                                       no_camera=f'none received on {info_topic} yet')
-        for key, text, period in frame_warnings(result, outputs, info_topic,
-                                                self.pipeline.rays.note):
-            self._warn_throttled(key, text, period)
-        if result.depth is None:
-            self.stats.record_no_scale()
-            self._warn_throttled('no_scale', f'no depth published: {result.no_scale}')
-            return
-        if self.outputs.unused_metric_subscribers(result):
-            self._warn_throttled('relative', (
-                f"{self.outputs.topic_name('depth')} has subscribers, but depth_mode relative "
-                f"publishes unitless depth on {self.outputs.topic_name(result.topic)} only "
-                '(depth is metres, REP-118): set depth_mode scale or camera_height'), 30.0)
-        self.outputs.publish(result, rgb, header, settings)
-        done = time.monotonic()
-        self.stats.record_output(result.version, result.model_s,
-                                 started - received, done - started, done)
+        results = process_frames([job for _, job, _, _ in taken])
+        for (channel, job, header, received), result in zip(taken, results):
+            channel.publish(result, job, header, settings, received, started,
+                            self._warn_throttled)
 
     # -- diagnostics, logging -------------------------------------------------------------------
-    def _image_topic(self):
-        return self._image_sub.topic_name if self._image_sub is not None else 'image'
-
     def _warn_throttled(self, key, text, period=WARN_PERIOD_S):
         """Warn at most once per `period` per kind of problem (not per call site)."""
         now = time.monotonic()
@@ -350,43 +374,47 @@ class DepthServing:
             self._last_warned[key] = now
             self.get_logger().warning(text)
 
-    def diagnostics_snapshot(self):
-        """The `depth` status of /diagnostics, as a dict (also for in-process benchmarks)."""
-        values = self.stats.snapshot()
+    def diagnostics_snapshot(self, channel=None):
+        """A camera's `depth` status of /diagnostics (the first camera's by default), as a
+        dict (also for in-process benchmarks)."""
+        channel = channel or self.channels[0]
+        values = channel.stats.snapshot()
         values['lifecycle_state'] = ('active' if self.active else 'inactive'
-                                     if self.stack is not None else 'unconfigured')
+                                     if self.control is not None else 'unconfigured')
         values['device'] = str(self.device)
         values['depth_mode'] = self._param('depth_mode')
-        values['image_topic'] = self._image_topic()
-        if self.stack is None:
+        values['image_topic'] = channel.image_topic
+        stack = channel.stack
+        if stack is None:
             return values
-        served = self.server.served
+        served = stack.server.served
         last = values['model_version']  # what computed the last depth
         values.update(served.describe())
         values.update({
             'model_version': last,
             'serving_version': served.version,
-            'depth_topic': self.outputs.topic_name(DEPTH_TOPICS[values['depth_mode']]),
-            'depth_unit': self.pipeline.scaler.unit,
-            'input_bit_depth': self._param('input_bit_depth') or self._bit_depth.bits,
-            'depth_scale_in_use': self.pipeline.scaler.last_scale or 0.0,
-            'camera_info_received': getattr(self._camera_info, 'received', False),
-            'camera_info_pairing': getattr(self._camera_info, 'pairing', ''),
+            'cameras_in_process': len(self.channels),
+            'depth_topic': channel.outputs.topic_name(DEPTH_TOPICS[values['depth_mode']]),
+            'depth_unit': channel.pipeline.scaler.unit,
+            'input_bit_depth': self._param('input_bit_depth') or channel.bit_depth.bits,
+            'depth_scale_in_use': channel.pipeline.scaler.last_scale or 0.0,
+            'camera_info_received': getattr(channel.camera_info, 'received', False),
+            'camera_info_pairing': getattr(channel.camera_info, 'pairing', ''),
             'incompatible_qos_topics': ','.join(t for _, t in sorted(self._qos_warner.warned)),
-            'last_swap_error': self.server.swap_error[1],
+            'last_swap_error': stack.server.swap_error[1],
             'diagnostics': self.diagnostics.backend,
         })
-        if self.adapter is not None:
-            values.update(self.adapter.status())
+        if stack.adapter is not None:
+            values.update(stack.adapter.status())
         else:
             values['adaptation_enabled'] = False
-            if self.stack.adaptation_refused:
-                values['adaptation_refused'] = self.stack.adaptation_refused
+            if stack.adaptation_refused:
+                values['adaptation_refused'] = stack.adaptation_refused
         return values
 
     def _health(self, values):
         if values['lifecycle_state'] != 'active':
-            loaded = ' (model loaded)' if self.stack is not None else ''
+            loaded = ' (model loaded)' if self.control is not None else ''
             return DiagnosticStatus.OK, (f"{values['lifecycle_state']}: not subscribed, not "
                                          f'publishing{loaded}')
         return serving_health(values, self._thread is not None and self._thread.is_alive())

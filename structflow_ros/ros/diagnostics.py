@@ -265,18 +265,20 @@ class _Status:
 class NodeDiagnostics:
     """The node's /diagnostics, every `period` seconds of the steady clock.
 
-    `values()` -> the `depth` status's key values (a dict), `health(values)` -> its (level,
-    message), `rates()` -> {'input rate': (rate, events, since_start, window_s), 'output
-    rate': ...} (empty while not active), `bounds()` -> DiagnosticBounds (live parameters).
+    `cameras`: one (label, values, health, rates) per camera, label '' for a one-camera node
+    or 'front ' before its status names; `values()` -> the `depth` status's key values (a
+    dict), `health(values)` -> its (level, message), `rates()` -> {'input rate': (rate, events,
+    since_start, window_s), 'output rate': ...} (empty while not active); `bounds()` ->
+    DiagnosticBounds (live parameters).
     """
 
     TASKS = ('depth', 'input rate', 'output rate', 'latency')
 
-    def __init__(self, node, period, values, health, rates, bounds, hardware_id_text):
-        self._values, self._health, self._rates, self._bounds = values, health, rates, bounds
+    def __init__(self, node, period, cameras, bounds, hardware_id_text):
+        self._cameras, self._bounds = list(cameras), bounds
         self.node, self.hardware_id = node, hardware_id_text
         self.updater = None
-        self._snapshot = {}
+        self._snapshots = {}
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         if diagnostic_updater is not None:
             self.updater = diagnostic_updater.Updater(node, period)
@@ -288,30 +290,36 @@ class NodeDiagnostics:
                                                    clock=steady)
             self.updater.node_name = node.get_fully_qualified_name()  # one per namespace
             self.updater.setHardwareID(hardware_id_text)
-            for name in self.TASKS:
-                self.updater.add(name, lambda stat, name=name: self._run(name, stat))
+            for name, camera, task in self._tasks():
+                self.updater.add(name, lambda stat, c=camera, t=task: self._run(c, t, stat))
             self.backend = 'diagnostic_updater'
         else:
             self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
             self._timer = node.create_timer(period, self.publish, clock=steady)
             self.backend = 'structflow (diagnostic_updater not installed)'
 
+    def _tasks(self):
+        """(status name, camera index, task) in publishing order: each camera's four."""
+        return [(self._cameras[index][0] + task, index, task)
+                for index in range(len(self._cameras)) for task in self.TASKS]
+
     def set_hardware_id(self, text):
         self.hardware_id = text
         if self.updater is not None:
             self.updater.setHardwareID(text)
 
-    def _run(self, name, stat):
-        if name == 'depth':  # first task of every update: one snapshot for all four
-            self._snapshot = self._values()
-            level, message = self._health(self._snapshot)
+    def _run(self, camera, task, stat):
+        _, values, health, rates = self._cameras[camera]
+        if task == 'depth':  # first task of each camera: one snapshot for its four
+            self._snapshots[camera] = snapshot = values()
+            level, message = health(snapshot)
             stat.summary(level, message)
-            for key, value in self._snapshot.items():
+            for key, value in snapshot.items():
                 stat.add(key, _format(value))
             return stat
-        if name == 'latency':
-            return latency_status(stat, self._snapshot, self._bounds())
-        rate = self._rates().get(name)
+        if task == 'latency':
+            return latency_status(stat, self._snapshots[camera], self._bounds())
+        rate = rates().get(task)
         if rate is None:  # a managed node that is not active: nothing is expected
             stat.summary(DiagnosticStatus.OK, 'not active: no frames expected')
             return stat
@@ -325,6 +333,7 @@ class NodeDiagnostics:
         array = DiagnosticArray()
         array.header.stamp = self.node.get_clock().now().to_msg()
         prefix = self.node.get_fully_qualified_name()
-        array.status = [self._run(name, _Status(f'{prefix}: {name}', self.hardware_id)).msg
-                        for name in self.TASKS]
+        array.status = [self._run(camera, task, _Status(f'{prefix}: {name}',
+                                                        self.hardware_id)).msg
+                        for name, camera, task in self._tasks()]
         self._publisher.publish(array)

@@ -4,6 +4,7 @@ Each entry carries its default, a description, a range and whether it can change
 runs (read_only ones shape subscriptions, the device or the thread pool, fixed at start).
 config/structflow.yaml lists exactly these names (a test checks both directions).
 """
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -47,6 +48,11 @@ class ParamSpec:
 
 
 PARAMETERS = (
+    ParamSpec('cameras', [''], "Cameras this node serves with one model: [''] = one camera "
+              "on the node's own topics (image, camera_info -> depth, ...); [front, rear] = "
+              'one per sub-namespace (front/image, front/camera_info -> front/depth, ...), '
+              'frames that arrive together computed as one batch, adaptation (adapt:=true) '
+              'per camera.', read_only=True),
     ParamSpec('weights', '', 'Checkpoint file to serve; empty = the shipped default model '
               '(share/structflow/models/structflow_default.pt). Re-read by ~/reload_weights.'),
     ParamSpec('device', 'auto', "Torch device: auto (CUDA when present), cpu, cuda or cuda:N.",
@@ -190,6 +196,22 @@ LIVE_OUTPUT_PARAMETERS = (
     'max_output_pixels', 'input_bit_depth')
 
 
+def check_camera_names(names):
+    """Why `cameras` is unusable, or None: [''] (the node's own topics) or distinct ROS name
+    tokens (letters, digits, '_'; not starting with a digit)."""
+    names = list(names)
+    if names == ['']:
+        return None
+    bad = [name for name in names if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', name)]
+    if not names or bad:
+        return (f'cameras {names}: give [\'\'] (one camera, the node\'s own topics) or names '
+                'made of letters, digits and _ such as [front, rear]'
+                + (f' ({bad} is not)' if bad else ''))
+    if len(set(names)) != len(names):
+        return f'cameras {names}: each camera once'
+    return None
+
+
 def validate(name, value, values):
     """Reason why `name` may not take `value` (None when it may). `values`: all other current
     values (cross-checks use them when present)."""
@@ -204,6 +226,8 @@ def validate(name, value, values):
         return f'{name} {value} is outside [{spec.float_range[0]}, {spec.float_range[1]}]'
     if name == 'device':
         return check_device_name(value)
+    if name == 'cameras':
+        return check_camera_names(value)
     if name == 'adapt_state_dir' and not str(value).strip():
         return 'adapt_state_dir is empty: give a directory for the adaptation state'
     if name == 'input_bit_depth' and 0 < value < 8:
