@@ -55,52 +55,9 @@ def memory_mb(pid):
     return values['Rss'], values['Pss']
 
 
-class Cameras:
-    """This process's side: one image publisher and one depth subscription per camera."""
-
-    def __init__(self, domain_id, topics):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
-        import threading
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node('structflow_bench_cameras', context=self.context)
-        self.received = {camera: set() for camera in topics}
-        self.publishers = {}
-        for camera, (image_topic, depth_topic) in topics.items():
-            self.publishers[camera] = self.node.create_publisher(Image, image_topic, 5)
-            self.node.create_subscription(
-                Image, depth_topic, lambda msg, c=camera: self.received[c].add(
-                    (msg.header.stamp.sec, msg.header.stamp.nanosec)),
-                QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    def matched(self):
-        return all(pub.get_subscription_count() > 0 for pub in self.publishers.values())
-
-    def publish(self, message, stamp):
-        message.header.stamp.sec, message.header.stamp.nanosec = stamp
-        for publisher in self.publishers.values():
-            publisher.publish(message)
-
-    def close(self):
-        import rclpy
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
 def run_case(count, layout, args, frames, domain_id, log_dir, weights):
     """One row: `count` cameras as one node ('one process') or `count` nodes."""
-    from std_msgs.msg import Header
-
-    from structflow_ros.ros.image_publisher import make_image_msg
+    from structflow_ros.ros.depth_client import CameraFleet
     from structflow_ros.tools.node_process import (NodeProcess, NodeStartError, node_ros_args,
                                                    ros_env, write_params_file)
     names = [f'cam{i}' for i in range(count)]
@@ -125,7 +82,7 @@ def run_case(count, layout, args, frames, domain_id, log_dir, weights):
             processes.append(NodeProcess(node_ros_args(params, namespace), env,
                                          log_dir / f'{tag}_{name}.log'))
             topics[name] = (f'{namespace}/image', f'{namespace}/depth/relative')
-    cameras = Cameras(domain_id, topics)
+    cameras = CameraFleet(domain_id, topics)
     try:
         deadline = time.monotonic() + args.startup_timeout
         while not cameras.matched():
@@ -138,15 +95,14 @@ def run_case(count, layout, args, frames, domain_id, log_dir, weights):
         while not all(cameras.received.values()):
             if time.monotonic() > deadline:
                 raise NodeStartError(f'{layout} x{count}: no depth within the start-up time')
-            cameras.publish(make_image_msg(frames[index % len(frames)], 'rgb8',
-                                           Header(frame_id='cam')), (1, index))
+            cameras.publish(frames[index % len(frames)], (1, index))
             index += 1
             time.sleep(1.0 / args.rate)
         period, sent = 1.0 / args.rate, 0
         start = time.monotonic()
         while time.monotonic() - start < args.duration:
-            message = make_image_msg(frames[sent % len(frames)], 'rgb8', Header(frame_id='cam'))
-            cameras.publish(message, (STREAM_SEC + sent // 100, (sent % 100) * 10_000_000))
+            stamp = (STREAM_SEC + sent // 100, (sent % 100) * 10_000_000)
+            cameras.publish(frames[sent % len(frames)], stamp)
             sent += 1
             delay = start + sent * period - time.monotonic()
             if delay > 0:

@@ -321,3 +321,42 @@ class DepthClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class CameraFleet:
+    """Several cameras at once (structflow bench cameras): one image publisher and one depth
+    subscription per camera, in a context of its own; `received[camera]` holds the stamps of
+    the depth that came back."""
+
+    def __init__(self, domain_id, topics):
+        """`topics`: {camera: (image topic, depth topic)}."""
+        self.context = _init_context(domain_id)
+        self.node = rclpy.create_node('structflow_bench_cameras', context=self.context)
+        self.received = {camera: set() for camera in topics}
+        self.publishers = {}
+        for camera, (image_topic, depth_topic) in topics.items():
+            self.publishers[camera] = self.node.create_publisher(Image, image_topic, 5)
+            self.node.create_subscription(
+                Image, depth_topic, lambda msg, c=camera: self.received[c].add(
+                    (msg.header.stamp.sec, msg.header.stamp.nanosec)),
+                QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def matched(self):
+        return all(pub.get_subscription_count() > 0 for pub in self.publishers.values())
+
+    def publish(self, rgb, stamp):
+        """The same frame with the same (sec, nanosec) stamp to every camera."""
+        header = Header(frame_id='camera_optical_frame')
+        header.stamp.sec, header.stamp.nanosec = stamp
+        message = make_image_msg(rgb, 'rgb8', header)
+        for publisher in self.publishers.values():
+            publisher.publish(message)
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
