@@ -14,6 +14,7 @@ rows of one run only.
 """
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -137,7 +138,7 @@ def markdown(rows):
 
 def main(args):
     from structflow_ros.cli.arguments import parse_size
-    from structflow_ros.core.backends import cpu_flags
+    from structflow_ros.core.backends import cpu_class
     from structflow_ros.data.synthetic.render import render_sequence
     from structflow_ros.paths import default_weights_path
     from structflow_ros.tools.node_process import pick_domain_id
@@ -151,14 +152,16 @@ def main(args):
     frames = [f.rgb for f in render_sequence('day', 8, height, width, seed=3)]
     domain_id, _ = pick_domain_id(args.ros_domain_id)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix='structflow_bench_cameras_'))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # This process is every camera: its DDS stays on this machine too, in the nodes' domain.
+    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID=str(domain_id),
+                      ROS_LOG_DIR=str(log_dir / 'bench'))
     rows = []
     for count in counts:
         for layout in ('one process', 'separate nodes'):
             print(f'{layout}, {count} camera(s) ...', file=sys.stderr, flush=True)
             rows.append(run_case(count, layout, args, frames, domain_id, log_dir, weights))
-    flags = cpu_flags()
-    isa = ('amx' if 'amx_bf16' in flags else 'avx512_bf16' if 'avx512_bf16' in flags
-           else 'avx2' if 'avx2' in flags else 'other')
+    isa = cpu_class()
     print(f'\n{width}x{height} at {args.rate:g} Hz per camera, {args.duration:g} s, backend '
           f'{args.backend}, CPU class {isa}, logs in {log_dir}\n')
     print(markdown(rows))

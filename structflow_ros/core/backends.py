@@ -119,6 +119,18 @@ def cpu_flags():
     return set()
 
 
+def cpu_class(flags=None):
+    """The CPU class benchmarks and /diagnostics name: amx, avx512_bf16, avx512, avx2, or the
+    machine architecture (Arm, older x86)."""
+    import platform
+    flags = cpu_flags() if flags is None else flags
+    for name, flag in (('amx', 'amx_bf16'), ('avx512_bf16', 'avx512_bf16'),
+                       ('avx512', 'avx512f'), ('avx2', 'avx2')):
+        if flag in flags:
+            return name
+    return platform.machine()
+
+
 def cpu_native_bf16(flags=None):
     """(True/False, reason): does this CPU compute bf16 in hardware (not emulated in fp32)?"""
     flags = cpu_flags() if flags is None else flags

@@ -132,9 +132,7 @@ class FramePipeline:
                               settings.camera_height)
         rays = result.camera.rays if result.camera is not None else None
         try:
-            result.depth = self.scaler.apply(model_depth, rays, result.rays_missing)
-            if result.depth is model_depth:
-                result.depth = result.depth.copy()  # model_depth stays the model's
+            result.depth = self.scaler.apply(model_depth, rays, result.rays_missing)  # a new array
             result.invalid = mark_invalid(result.depth, model_depth,
                                           self.server.served.predictor.max_depth)
         except ScaleUnavailable as error:

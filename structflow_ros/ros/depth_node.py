@@ -419,6 +419,15 @@ class DepthServing:
                                          f'publishing{loaded}')
         return serving_health(values, self._thread is not None and self._thread.is_alive())
 
+    def stop(self):
+        """Stop the inference, converter and adaptation threads (idempotent); the node stays
+        valid until destroy_node."""
+        self._cleanup()
+
+    def destroy_node(self):
+        self.stop()
+        return super().destroy_node()  # rclpy's Node or LifecycleNode, next in the MRO
+
     def _log(self, level, text):
         if not rclpy.ok(context=self.context):
             return  # shutting down: the adaptation thread may still finish a step
@@ -450,14 +459,6 @@ class DepthNode(DepthServing, Node):
 
     def _destroy_output(self, publisher):
         self.destroy_publisher(publisher)
-
-    def stop(self):
-        """Stop the inference, converter and adaptation threads (idempotent)."""
-        self._cleanup()
-
-    def destroy_node(self):
-        self.stop()
-        return super().destroy_node()
 
 
 class ManagedDepthNode(DepthServing, LifecycleNode):
@@ -501,13 +502,6 @@ class ManagedDepthNode(DepthServing, LifecycleNode):
     def on_shutdown(self, state):
         self._cleanup()
         return super().on_shutdown(state)
-
-    def stop(self):
-        self._cleanup()
-
-    def destroy_node(self):
-        self.stop()
-        return super().destroy_node()
 
 
 if __name__ == '__main__':  # `python -m structflow_ros.ros.depth_node` (the tests, the tools)

@@ -233,7 +233,7 @@ def hardware_id(device):
     if device.type == 'cuda':
         import torch
         return f'{device} {torch.cuda.get_device_name(device)}'
-    from structflow_ros.core.backends import cpu_flags
+    from structflow_ros.core.backends import cpu_class
     name = platform.processor() or platform.machine()
     try:
         with open('/proc/cpuinfo') as handle:
@@ -241,10 +241,7 @@ def hardware_id(device):
                          if line.startswith(('model name', 'Model'))), name)
     except OSError:
         pass
-    flags = cpu_flags()
-    isa = ('amx' if 'amx_bf16' in flags else 'avx512_bf16' if 'avx512_bf16' in flags
-           else 'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags
-           else platform.machine())
+    isa = cpu_class()
     return f'{device} {name} ({isa})'
 
 
